@@ -1,0 +1,101 @@
+"""SAM's mask decoder with EdgeSAM's choice of 1, 3 or 4 output masks."""
+
+import torch
+from torch import nn
+
+from engine.modeling.common import MLP, LayerNorm2d
+from engine.modeling.transformer import TwoWayTransformer
+
+
+def mask_slice(num_multimask_outputs: int) -> slice:
+    """1 -> token 0 (single mask); 3 -> tokens 1..3 (SAM's multimask); 4 -> all four."""
+    if num_multimask_outputs == 1:
+        return slice(0, 1)
+    if num_multimask_outputs == 3:
+        return slice(1, 4)
+    if num_multimask_outputs == 4:
+        return slice(0, 4)
+    raise ValueError(f"num_multimask_outputs must be 1, 3 or 4, got {num_multimask_outputs!r}")
+
+
+class MaskDecoder(nn.Module):
+    """Tokens + image embedding -> four low-res mask logits and their predicted IoU."""
+
+    def __init__(
+        self,
+        transformer_dim: int = 256,
+        transformer: TwoWayTransformer | None = None,
+        num_multimask_outputs: int = 3,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer if transformer is not None else TwoWayTransformer()
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+            for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(
+            transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
+        )
+
+    def predict_all(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        first_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All four mask tokens.
+
+        image_embeddings 1xCx64x64 (shared by the batch) or BxCx64x64; image_pe 1xCx64x64;
+        sparse BxNxC; dense BxCx64x64 or 1xCx64x64 (no-mask broadcast).
+        Returns low-res logits Bx4x256x256 and IoU predictions Bx4.
+        """
+        b = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat(
+            (output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings), dim=1
+        )
+        src = image_embeddings + dense_prompt_embeddings
+        hs, keys = self.transformer(src, image_pe, tokens, first_kv)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+
+        c, (h, w) = self.transformer_dim, image_embeddings.shape[-2:]
+        src = keys.transpose(1, 2).reshape(b, c, h, w)
+        upscaled = self.output_upscaling(src)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
+            dim=1,
+        )
+        b, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        return masks, self.iou_prediction_head(iou_token_out)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        num_multimask_outputs: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """EdgeSAM's signature: masks and IoU of the selected tokens (see `mask_slice`)."""
+        selected = mask_slice(num_multimask_outputs)
+        masks, iou = self.predict_all(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        return masks[:, selected], iou[:, selected]

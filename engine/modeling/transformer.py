@@ -1,0 +1,167 @@
+"""SAM's two-way transformer: prompt tokens and image positions attend to each other."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.modeling.common import MLPBlock
+
+
+class Attention(nn.Module):
+    """Multi-head attention with an optional down-projection of the internal width."""
+
+    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+        super().__init__()
+        self.internal_dim = embedding_dim // downsample_rate
+        self.num_heads = num_heads
+        if self.internal_dim % num_heads:
+            raise ValueError("num_heads must divide embedding_dim / downsample_rate")
+        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention on already projected q, k, v (BxNxinternal); k/v may have batch 1."""
+        q, k, v = self._split(q), self._split(k), self._split(v)
+        if k.shape[0] != q.shape[0]:
+            k = k.expand(q.shape[0], -1, -1, -1)
+            v = v.expand(q.shape[0], -1, -1, -1)
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]))
+        b, h, n, c = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
+
+
+class TwoWayAttentionBlock(nn.Module):
+    """Self-attention of tokens, token->image cross-attention, MLP, image->token cross-attention."""
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int = 2048,
+        activation: type[nn.Module] = nn.ReLU,
+        attention_downsample_rate: int = 2,
+        skip_first_layer_pe: bool = False,
+    ) -> None:
+        super().__init__()
+        self.self_attn = Attention(embedding_dim, num_heads)
+        self.norm1 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_token_to_image = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
+        )
+        self.norm2 = nn.LayerNorm(embedding_dim)
+        self.mlp = MLPBlock(embedding_dim, mlp_dim, activation)
+        self.norm3 = nn.LayerNorm(embedding_dim)
+        self.norm4 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_image_to_token = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
+        )
+        self.skip_first_layer_pe = skip_first_layer_pe
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        token_to_image_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries BxNxC, keys BxHWxC (or 1xHWxC when shared by the batch).
+
+        `token_to_image_kv` are precomputed k/v projections of `keys + key_pe` and `keys`,
+        valid when the keys depend on the image only (first block, no mask input).
+        """
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q, q, queries)
+        queries = self.norm1(queries)
+
+        q = queries + query_pe
+        attn = self.cross_attn_token_to_image
+        if token_to_image_kv is None:
+            k_proj, v_proj = attn.k_proj(keys + key_pe), attn.v_proj(keys)
+        else:
+            k_proj, v_proj = token_to_image_kv
+        queries = self.norm2(queries + attn.attend(attn.q_proj(q), k_proj, v_proj))
+        queries = self.norm3(queries + self.mlp(queries))
+
+        q = queries + query_pe
+        k = keys + key_pe
+        if k.shape[0] != q.shape[0]:
+            k = k.expand(q.shape[0], -1, -1)
+            keys = keys.expand(q.shape[0], -1, -1)
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        return queries, keys
+
+
+class TwoWayTransformer(nn.Module):
+    """`depth` two-way blocks and a final token->image attention."""
+
+    def __init__(
+        self,
+        depth: int = 2,
+        embedding_dim: int = 256,
+        num_heads: int = 8,
+        mlp_dim: int = 2048,
+        activation: type[nn.Module] = nn.ReLU,
+        attention_downsample_rate: int = 2,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock(
+                embedding_dim,
+                num_heads,
+                mlp_dim,
+                activation,
+                attention_downsample_rate,
+                skip_first_layer_pe=(i == 0),
+            )
+            for i in range(depth)
+        )
+        self.final_attn_token_to_image = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
+        )
+        self.norm_final_attn = nn.LayerNorm(embedding_dim)
+
+    def first_keys_kv(
+        self, image_embedding: torch.Tensor, image_pe: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """k/v projections of the first block's token->image attention for one image
+        (1xCxHxW embedding with the no-mask dense prompt already added)."""
+        keys = image_embedding.flatten(2).permute(0, 2, 1)
+        pe = image_pe.flatten(2).permute(0, 2, 1)
+        attn = self.layers[0].cross_attn_token_to_image
+        return attn.k_proj(keys + pe), attn.v_proj(keys)
+
+    def forward(
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        point_embedding: torch.Tensor,
+        first_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_embedding BxCxHxW (B may be 1 for a batch of prompts on one image),
+        image_pe 1xCxHxW, point_embedding BxNxC -> (queries BxNxC, keys BxHWxC)."""
+        keys = image_embedding.flatten(2).permute(0, 2, 1)
+        key_pe = image_pe.flatten(2).permute(0, 2, 1)
+        queries = point_embedding
+        for i, layer in enumerate(self.layers):
+            queries, keys = layer(
+                queries, keys, point_embedding, key_pe, first_kv if i == 0 else None
+            )
+        q = queries + point_embedding
+        k = keys + key_pe
+        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
+        return queries, keys
