@@ -77,7 +77,10 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: 
         raise CheckpointError(f"checkpoint does not fit EdgeSAM{where}: " + " | ".join(parts))
     if unexpected:
         log.warning(
-            "ignoring %d unexpected key(s)%s: %s", len(unexpected), where, ", ".join(unexpected[:20])
+            "ignoring %d unexpected key(s)%s: %s",
+            len(unexpected),
+            where,
+            ", ".join(unexpected[:20]),
         )
     converted = {}
     for key, ref in expected.items():

@@ -96,9 +96,7 @@ class EdgeSam(nn.Module):
             if image_embeddings.shape[0] == 1:
                 # Keys of the first token->image attention depend on the image only: project
                 # them once for the whole batch of prompts.
-                first_kv = self.mask_decoder.transformer.first_keys_kv(
-                    image_embeddings + dense, pe
-                )
+                first_kv = self.mask_decoder.transformer.first_keys_kv(image_embeddings + dense, pe)
         else:
             dense = self.prompt_encoder.embed_masks(mask_input)
         return self.mask_decoder.predict_all(image_embeddings, pe, sparse, dense, first_kv)

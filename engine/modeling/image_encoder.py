@@ -37,10 +37,18 @@ class Conv2dBN(nn.Sequential):
     """Conv (no bias) followed by BatchNorm; keys `c.*` and `bn.*`."""
 
     def __init__(
-        self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, pad: int = 0, groups: int = 1
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int = 1,
+        stride: int = 1,
+        pad: int = 0,
+        groups: int = 1,
     ) -> None:
         super().__init__()
-        self.add_module("c", nn.Conv2d(in_ch, out_ch, kernel, stride, pad, groups=groups, bias=False))
+        self.add_module(
+            "c", nn.Conv2d(in_ch, out_ch, kernel, stride, pad, groups=groups, bias=False)
+        )
         self.add_module("bn", nn.BatchNorm2d(out_ch))
 
 

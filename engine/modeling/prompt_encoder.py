@@ -117,7 +117,9 @@ class PromptEncoder(nn.Module):
         """SAM's signature: returns sparse BxNxC and dense BxCx64x64 embeddings."""
         coords, labels = merge_prompts(points, boxes)
         sparse = self.embed_labeled_points(coords, labels)
-        dense = self.embed_masks(masks) if masks is not None else self.no_mask_dense(sparse.shape[0])
+        dense = (
+            self.embed_masks(masks) if masks is not None else self.no_mask_dense(sparse.shape[0])
+        )
         return sparse, dense
 
 

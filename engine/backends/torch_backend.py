@@ -1,0 +1,98 @@
+"""PyTorch backend: CPU (fp32) and CUDA (fp32, fp16, bf16), channels_last, re-parameterised
+encoder, inference mode."""
+
+import hashlib
+import threading
+
+import torch
+
+from engine.backends.base import Backend, BackendInfo, BackendUnavailable
+from engine.fusion import fuse_encoder
+from engine.modeling import EdgeSam
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def weights_fingerprint(model: torch.nn.Module, extra: str = "") -> str:
+    """sha256 over the state dict (names, shapes, fp32 bytes) plus `extra`, first 16 hex."""
+    digest = hashlib.sha256(extra.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        value = tensor.detach().cpu()
+        value = value.float() if value.is_floating_point() else value
+        digest.update(value.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class TorchBackend(Backend):
+    """Runs an `EdgeSam` module. `optimize=False` keeps the unfused eager model (baseline)."""
+
+    def __init__(
+        self,
+        model: EdgeSam,
+        device: str = "cpu",
+        precision: str = "fp32",
+        optimize: bool = True,
+        fingerprint: str | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        if precision not in DTYPES:
+            raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable("CUDA was asked for but torch sees no CUDA device")
+        if dev.type == "cpu" and precision != "fp32":
+            raise ValueError("the CPU path runs fp32 only")
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.model = model.eval().to(dev)
+        self.device = dev
+        self.dtype = DTYPES[precision]
+        self.optimize = optimize
+        self._lock = threading.Lock()
+        fp = fingerprint or weights_fingerprint(
+            model, model.image_encoder.fuse_stage3.upsample_mode
+        )
+        self.info = BackendInfo(
+            name="torch",
+            device=str(dev),
+            precision=precision,
+            fingerprint=fp,
+            supports_mask_input=True,
+            max_batch=32,
+            details={"optimized": str(optimize).lower(), "torch": torch.__version__},
+        )
+        self._encoder = self._build_encoder()
+
+    def _build_encoder(self) -> torch.nn.Module:
+        encoder = self.model.image_encoder
+        if self.optimize:
+            encoder = fuse_encoder(encoder).to(memory_format=torch.channels_last)
+        return encoder.to(self.device, self.dtype)
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, self.dtype)
+        if self.optimize:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self._encoder(x)
+        return out.float().contiguous().cpu()
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.device
+        emb = image_embeddings.to(dev, torch.float32)
+        coords = point_coords.to(dev, torch.float32)
+        labels = point_labels.to(dev, torch.int64)
+        mi = None if mask_input is None else mask_input.to(dev, torch.float32)
+        # The decoder stays fp32: it is cheap, and the prompt encoder's Fourier features lose
+        # their meaning in half precision.
+        logits, iou = self.model.decode(emb, coords, labels, mi)
+        return logits.float().cpu(), iou.float().cpu()
