@@ -105,4 +105,5 @@ class Backend(ABC):
         return BackendHealth(True, (time.perf_counter() - start) * 1e3, self.info)
 
     def close(self) -> None:
-        """Release device resources (sessions, engines, buffers)."""
+        """Release device resources (sessions, engines, buffers)."""  # noqa: B027
+        return None

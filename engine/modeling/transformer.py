@@ -38,7 +38,56 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q BxNqxC, k/v BxNkxC (k/v batch may be 1). Picks the cheaper of two exact
+        factorings: when queries are few (tokens attending to 4096 image positions), the
+        projections are moved to the query side instead of projecting every key; when keys
+        are few (image positions attending to tokens), to the key side."""
+        heads = self.num_heads
+        if q.shape[1] * heads < self.internal_dim and k.shape[1] > self.internal_dim:
+            return self._few_queries(q, k, v)
+        if k.shape[1] * heads < self.internal_dim and q.shape[1] > self.internal_dim:
+            return self._few_keys(q, k, v)
         return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
+
+    def _head_weights(self, linear: nn.Linear) -> torch.Tensor:
+        """internal x C weight of a q/k/v projection as heads x d x C."""
+        return linear.weight.reshape(self.num_heads, -1, linear.weight.shape[1])
+
+    def _few_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # scores_h = (q Wq_h + bq_h)(k Wk_h + bk_h)^T; the bk term is constant along keys and
+        # cancels in the softmax, so scores_h = ((q Wq_h + bq_h) Wk_h^T) k^T.
+        b, nq, _ = q.shape
+        h = self.num_heads
+        qh = self._split(self.q_proj(q))  # B h Nq d
+        scale = 1.0 / math.sqrt(qh.shape[-1])
+        q_in_key_space = torch.einsum("bhnd,hdc->bhnc", qh, self._head_weights(self.k_proj))
+        scores = (q_in_key_space.reshape(b, h * nq, -1) * scale) @ k.transpose(1, 2)
+        attn = torch.softmax(scores.reshape(b, h, nq, -1), dim=-1)
+        # attn rows sum to one, so attn (v Wv_h + bv_h) = (attn v) Wv_h + bv_h.
+        ctx = (attn.reshape(b, h * nq, -1) @ v).reshape(b, h, nq, -1)
+        wv = self._head_weights(self.v_proj)
+        out = torch.einsum("bhnc,hdc->bhnd", ctx, wv) + self.v_proj.bias.reshape(h, 1, -1)
+        return self.out_proj(out.transpose(1, 2).reshape(b, nq, -1))
+
+    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # scores_h = (q Wq_h + bq_h) kh^T = q (kh Wq_h)^T + bq_h kh^T, with kh = k Wk_h + bk_h.
+        b, nk, _ = k.shape
+        h = self.num_heads
+        kh = self._split(self.k_proj(k))  # B h Nk d
+        scale = 1.0 / math.sqrt(kh.shape[-1])
+        wq = self._head_weights(self.q_proj)
+        k_in_query_space = torch.einsum("bhtd,hdc->bhtc", kh * scale, wq).reshape(b, h * nk, -1)
+        bias = torch.einsum("bhtd,hd->bht", kh * scale, self.q_proj.bias.reshape(h, -1))
+        nq = q.shape[1]
+        q = q.expand(b, -1, -1) if q.shape[0] != b else q
+        scores = torch.baddbmm(bias.reshape(b, 1, h * nk), q, k_in_query_space.transpose(1, 2))
+        attn = torch.softmax(scores.reshape(b, nq, h, nk), dim=-1)
+        # out = sum_h attn_h (v Wv_h + bv_h) Wo_h^T + bo, folded into one product.
+        vh = self._split(self.v_proj(v))  # B h Nk d
+        wo = self.out_proj.weight.reshape(-1, h, vh.shape[-1])  # C h d
+        v_out = torch.einsum("bhtd,chd->bhtc", vh, wo).reshape(b, h * nk, -1)
+        out_bias = self.out_proj.bias.reshape(1, 1, -1).expand(b, 1, -1)
+        return torch.baddbmm(out_bias, attn.reshape(b, nq, h * nk), v_out)
 
 
 class TwoWayAttentionBlock(nn.Module):
