@@ -10,7 +10,12 @@ from engine.modeling.common import MLPBlock
 
 
 class Attention(nn.Module):
-    """Multi-head attention with an optional down-projection of the internal width."""
+    """Multi-head attention with an optional down-projection of the internal width.
+
+    `factorized` (default on) lets `forward` use the cheaper exact factorings below; turning
+    it off gives the textbook computation (the unoptimised baseline in bench/model.py)."""
+
+    factorized: bool = True
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
@@ -43,6 +48,8 @@ class Attention(nn.Module):
         projections are moved to the query side instead of projecting every key; when keys
         are few (image positions attending to tokens), to the key side."""
         heads = self.num_heads
+        if not self.factorized:
+            return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
         if q.shape[1] * heads < self.internal_dim and k.shape[1] > self.internal_dim:
             return self._few_queries(q, k, v)
         if k.shape[1] * heads < self.internal_dim and q.shape[1] > self.internal_dim:

@@ -1,0 +1,167 @@
+"""Encoder (and one-click) throughput per backend, against eager PyTorch fp32 in the same run.
+
+    .venv/bin/python bench/encoder.py --backend onnxruntime torch --batch-sizes 1 2 --runs 5
+
+For every backend and batch size: median latency and images/s of `backend.encode`; then, per
+backend, `set_image` (preprocess a 512x512 photo + encode) and a one-point predict (decode +
+masks at the original size). Timed runs are interleaved round-robin over the backends, so load
+from other processes on a shared machine hits all of them alike; compare the ratios.
+Baseline is `torch-eager`: the official implementation's path (unfused PyTorch fp32 encoder,
+official two-step F.interpolate post-processing in predict).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.backends.base import Backend  # noqa: E402
+from engine.core import decode, encode_images  # noqa: E402
+from engine.loader import build_edge_sam  # noqa: E402
+from engine.transforms import postprocess_masks_reference  # noqa: E402
+
+CASE_A = ROOT.parent / "shared" / "reference" / "case_a" / "weights.safetensors"
+OFFICIAL_MS = {"set_image": 785.0, "encoder": 706.0, "predict": 80.0}  # official, 512x512 photo
+
+
+def make_backend(name: str, weights: Path | None, threads: int, device: str) -> Backend:
+    if name == "torch-eager":
+        from engine.backends.torch_backend import TorchBackend
+
+        return TorchBackend(build_edge_sam(weights), device=device, optimize=False)
+    if name == "torch":
+        from engine.backends.torch_backend import TorchBackend
+
+        return TorchBackend(build_edge_sam(weights), device=device, optimize=True)
+    if name == "onnxruntime":
+        from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend.from_path(weights, device=device, intra_op_num_threads=threads)
+    if name == "onnxruntime-official":
+        from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        path = ROOT.parent / "shared" / "reference" / "case_a_onnx" / "edge_sam_case_a_encoder.onnx"
+        return OnnxRuntimeBackend(path, device=device, intra_op_num_threads=threads)
+    if name == "tensorrt":
+        from engine.backends.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend.from_path(weights, device=device, precision="fp16")
+    raise SystemExit(f"unknown backend {name}")
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--backend",
+        nargs="+",
+        default=["onnxruntime", "torch"],
+        help="torch, onnxruntime, onnxruntime-official, tensorrt",
+    )
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per measurement")
+    parser.add_argument("--threads", type=int, default=2, help="torch / ORT intra-op threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--weights", type=Path, default=CASE_A if CASE_A.is_file() else None)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    names = ["torch-eager", *[b for b in args.backend if b != "torch-eager"]]
+    print(
+        f"torch {torch.__version__}, threads {args.threads}, device {args.device}, "
+        f"weights {args.weights or 'random'}; median of {args.runs} interleaved runs",
+        flush=True,
+    )
+    backends = {}
+    for name in names:
+        start = time.perf_counter()
+        backends[name] = make_backend(name, args.weights, args.threads, args.device)
+        backends[name].warmup()
+        print(f"  loaded {name} in {time.perf_counter() - start:.1f}s", flush=True)
+
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    point = {"point_coords": np.array([[200.0, 300.0]]), "point_labels": np.array([1])}
+    results: dict[str, dict[str, float]] = {n: {} for n in names}
+
+    def measure(label: str, make: Callable[[str, Backend], Callable[[], object]]) -> None:
+        jobs = {n: make(n, b) for n, b in backends.items()}
+        for job in jobs.values():
+            job()  # warm this shape
+        samples: dict[str, list[float]] = {n: [] for n in names}
+        for _ in range(args.runs):
+            for n, job in jobs.items():
+                samples[n].append(timed(job))
+        for n in names:
+            results[n][label] = statistics.median(samples[n])
+
+    for bs in args.batch_sizes:
+        images = torch.randn((bs, 3, 1024, 1024))
+        measure(f"encode_b{bs}", lambda n, b, x=images: lambda: b.encode(x))
+    measure("set_image", lambda n, b: lambda: encode_images(b, [photo]))
+    embeddings = {n: encode_images(b, [photo])[0] for n, b in backends.items()}
+
+    def predict_job(n: str, b: Backend) -> Callable[[], object]:
+        if n != "torch-eager":
+            return lambda: decode(b, embeddings[n], **point, num_multimask_outputs=1).masks()
+
+        # the official path: prompt decode, then F.interpolate to 1024, crop, resize
+        def official() -> torch.Tensor:
+            res = decode(b, embeddings[n], **point, num_multimask_outputs=1)
+            return (
+                postprocess_masks_reference(res.low_res_logits, res.input_size, res.original_size)
+                > 0
+            )
+
+        return official
+
+    measure("predict", predict_job)
+
+    base = results["torch-eager"]
+    print()
+    print(
+        f"{'backend':22s} {'measure':12s} {'ms':>9s} {'img/s':>8s} {'vs eager':>9s} "
+        f"{'vs official':>11s}"
+    )
+    for n in names:
+        for label, ms in results[n].items():
+            bs = int(label[len("encode_b") :]) if label.startswith("encode_b") else 1
+            official = OFFICIAL_MS.get(
+                label, OFFICIAL_MS["encoder"] if bs == 1 and label.startswith("encode") else None
+            )
+            vs_off = f"{ms / official:10.2f}x" if official else f"{'':>11s}"
+            print(
+                f"{n:22s} {label:12s} {ms:9.1f} {bs * 1e3 / ms:8.2f} "
+                f"{ms / base[label]:8.2f}x {vs_off}"
+            )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"threads": args.threads, "runs": args.runs, "results_ms": results}, indent=2
+            )
+        )
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

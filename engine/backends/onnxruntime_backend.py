@@ -1,0 +1,406 @@
+"""ONNX Runtime backend: CPU by default; CUDA and TensorRT execution providers when present.
+
+Two file formats load:
+
+- ours (`python -m engine.export onnx`): encoder with a dynamic batch; decoder taking a batch of
+  prompts, a mask input and its flag; metadata names the weights fingerprint;
+- the official pair published with the checkpoints (`edge_sam_3x_encoder.onnx`,
+  `edge_sam_3x_decoder.onnx`): batch 1 only, float point labels, no mask input. Batches are
+  looped here, and `info.supports_mask_input` is False.
+
+Providers are chosen before the session exists and checked after it is made: ONNX Runtime falls
+back to the CPU silently when a provider cannot start, and we refuse that instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.backends.base import (
+    Backend,
+    BackendError,
+    BackendInfo,
+    BackendUnavailable,
+    UnsupportedPrompt,
+)
+
+log = logging.getLogger(__name__)
+
+FORMAT_OURS = "edgesam"
+FORMAT_OFFICIAL = "official"
+OFFICIAL_DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels")
+OFFICIAL_DECODER_OUTPUTS = ("scores", "masks")
+CPU_EP = "CPUExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
+TRT_EP = "TensorrtExecutionProvider"
+_OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
+        raise BackendUnavailable("onnxruntime is not installed") from exc
+    return ort
+
+
+def default_cache_dir() -> Path:
+    """EDGESAM_CACHE_DIR, else ~/.cache/edgesam."""
+    env = os.environ.get("EDGESAM_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "edgesam"
+
+
+def resolve_decoder_path(
+    encoder_path: str | os.PathLike[str], decoder_path: str | os.PathLike[str] | None = None
+) -> Path:
+    """The decoder beside `<name>_encoder.onnx` is `<name>_decoder.onnx`, unless given."""
+    if decoder_path is not None:
+        return Path(decoder_path)
+    enc = Path(encoder_path)
+    if not enc.name.endswith("_encoder.onnx"):
+        raise BackendError(
+            f"{enc.name} is not named <name>_encoder.onnx, so its decoder cannot be found "
+            "beside it: pass decoder_path="
+        )
+    return enc.with_name(enc.name[: -len("_encoder.onnx")] + "_decoder.onnx")
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """'cpu' -> ('cpu', 0); 'cuda' / 'cuda:1' -> ('cuda', index)."""
+    kind, _, index = str(device).partition(":")
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda[:N], got {device!r}")
+    if index and not index.isdigit():
+        raise ValueError(f"bad device index in {device!r}")
+    return kind, int(index or 0)
+
+
+def plan_providers(
+    device: str,
+    precision: str = "fp32",
+    use_tensorrt: bool = False,
+    trt_cache_dir: str | None = None,
+) -> list[tuple[str, dict[str, str]]]:
+    """The (provider, options) list to create sessions with, most preferred first.
+
+    cpu -> CPU only (fp32). cuda:N -> CUDA (fp32), then CPU for the few nodes CUDA lacks;
+    with use_tensorrt, TensorRT first (fp32 or fp16, engine cache under trt_cache_dir).
+    """
+    kind, index = parse_device(device)
+    if kind == "cpu":
+        if use_tensorrt:
+            raise ValueError("the TensorRT execution provider needs a cuda device")
+        if precision != "fp32":
+            raise ValueError("ONNX Runtime on the CPU runs fp32 only")
+        return [(CPU_EP, {})]
+    plan: list[tuple[str, dict[str, str]]] = []
+    if use_tensorrt:
+        trt_opts = {"device_id": str(index), "trt_fp16_enable": str(precision == "fp16")}
+        if trt_cache_dir:
+            trt_opts.update(
+                trt_engine_cache_enable="True",
+                trt_engine_cache_path=trt_cache_dir,
+                trt_timing_cache_enable="True",
+            )
+        plan.append((TRT_EP, trt_opts))
+    elif precision != "fp32":
+        raise ValueError(
+            "ONNX Runtime's CUDA provider runs our fp32 export; for fp16 use the tensorrt "
+            "backend or use_tensorrt=True"
+        )
+    plan.append((CUDA_EP, {"device_id": str(index)}))
+    plan.append((CPU_EP, {}))
+    return plan
+
+
+def check_providers(
+    planned: Sequence[str], available: Sequence[str], active: Sequence[str]
+) -> None:
+    """Refuse a session that did not get the accelerator it was planned for."""
+    primary = planned[0]
+    if primary not in available:
+        raise BackendUnavailable(
+            f"{primary} is not available in this onnxruntime build (has {list(available)}); "
+            "install onnxruntime-gpu for CUDA/TensorRT"
+        )
+    if not active or active[0] != primary:
+        raise BackendUnavailable(
+            f"ONNX Runtime was asked for {primary} but the session runs on {list(active)} "
+            "(the provider failed to start: check CUDA/cuDNN/TensorRT libraries)"
+        )
+
+
+def detect_format(
+    encoder_inputs: Sequence[str], decoder_inputs: Sequence[str], decoder_outputs: Sequence[str]
+) -> str:
+    """FORMAT_OURS, FORMAT_OFFICIAL, or BackendError naming what was found."""
+    from engine.export import DECODER_INPUTS, DECODER_OUTPUTS
+
+    if list(encoder_inputs) != ["image"]:
+        raise BackendError(f"unexpected encoder inputs {list(encoder_inputs)} (want ['image'])")
+    if tuple(decoder_inputs) == DECODER_INPUTS and set(DECODER_OUTPUTS[:2]) <= set(decoder_outputs):
+        return FORMAT_OURS
+    if tuple(decoder_inputs) == OFFICIAL_DECODER_INPUTS and set(OFFICIAL_DECODER_OUTPUTS) <= set(
+        decoder_outputs
+    ):
+        return FORMAT_OFFICIAL
+    raise BackendError(
+        f"unrecognised decoder: inputs {list(decoder_inputs)}, outputs {list(decoder_outputs)}; "
+        f"expected ours {list(DECODER_INPUTS)} or the official {list(OFFICIAL_DECODER_INPUTS)}"
+    )
+
+
+def _np(x: torch.Tensor, dtype: np.dtype = np.float32) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=dtype)
+
+
+class OnnxRuntimeBackend(Backend):
+    """An encoder session and a decoder session. `session.run` is thread-safe, so one backend
+    serves concurrent callers."""
+
+    def __init__(
+        self,
+        encoder_path: str | os.PathLike[str],
+        decoder_path: str | os.PathLike[str] | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        *,
+        intra_op_num_threads: int | None = None,
+        inter_op_num_threads: int | None = None,
+        use_tensorrt: bool = False,
+        graph_optimization_level: str = "all",
+        session_config: Mapping[str, str] | None = None,
+        trt_cache_dir: str | None = None,
+        max_batch: int = 32,
+        fingerprint: str | None = None,
+    ) -> None:
+        ort = _import_ort()
+        self.encoder_path = Path(encoder_path)
+        self.decoder_path = resolve_decoder_path(encoder_path, decoder_path)
+        for p in (self.encoder_path, self.decoder_path):
+            if not p.is_file():
+                raise BackendError(f"ONNX file not found: {p}")
+        if graph_optimization_level not in _OPT_LEVELS:
+            raise ValueError(f"graph_optimization_level must be one of {_OPT_LEVELS}")
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        plan = plan_providers(device, precision, use_tensorrt, trt_cache_dir)
+        names = [name for name, _ in plan]
+        opts = ort.SessionOptions()
+        if intra_op_num_threads:
+            opts.intra_op_num_threads = int(intra_op_num_threads)
+        if inter_op_num_threads:
+            opts.inter_op_num_threads = int(inter_op_num_threads)
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[graph_optimization_level]
+        for key, value in (session_config or {}).items():
+            opts.add_session_config_entry(str(key), str(value))
+        available = ort.get_available_providers()
+        if names[0] not in available:
+            check_providers(names, available, [])
+        try:
+            self._enc = ort.InferenceSession(
+                str(self.encoder_path), opts, providers=names, provider_options=[o for _, o in plan]
+            )
+            self._dec = ort.InferenceSession(
+                str(self.decoder_path), opts, providers=names, provider_options=[o for _, o in plan]
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BackendError(
+                f"ONNX Runtime could not load {self.encoder_path.name} / "
+                f"{self.decoder_path.name}: {exc}"
+            ) from exc
+        for sess in (self._enc, self._dec):
+            check_providers(names, available, sess.get_providers())
+
+        enc_in = [i.name for i in self._enc.get_inputs()]
+        dec_in = [i.name for i in self._dec.get_inputs()]
+        dec_out = [o.name for o in self._dec.get_outputs()]
+        self.format = detect_format(enc_in, dec_in, dec_out)
+        batch_dim = self._enc.get_inputs()[0].shape[0]
+        self.encoder_batch_fixed = isinstance(batch_dim, int)
+        self.max_batch = int(max_batch)
+        self._zeros: dict[int, np.ndarray] = {}
+        self._zeros_lock = threading.Lock()
+
+        from engine.export import file_digest, read_metadata
+
+        meta = read_metadata(self.encoder_path)
+        if fingerprint is None:
+            fingerprint = meta.get("edgesam.fingerprint") or (
+                "onnx-" + file_digest(self.encoder_path, 8) + file_digest(self.decoder_path, 8)
+            )
+        kind, index = parse_device(device)
+        self.info = BackendInfo(
+            name="onnxruntime",
+            device="cpu" if kind == "cpu" else f"cuda:{index}",
+            precision=precision,
+            fingerprint=fingerprint,
+            supports_mask_input=self.format == FORMAT_OURS,
+            max_batch=self.max_batch,
+            details={
+                "onnxruntime": ort.__version__,
+                "format": self.format,
+                "providers": ",".join(self._enc.get_providers()),
+                "intra_op_num_threads": str(intra_op_num_threads or "default"),
+                "encoder": self.encoder_path.name,
+                "decoder": self.decoder_path.name,
+                "upsample_mode": meta.get("edgesam.upsample_mode", "bilinear (official export)"),
+            },
+        )
+
+    # -- construction from any model path ---------------------------------------------------
+
+    @classmethod
+    def from_path(
+        cls,
+        path: str | os.PathLike[str] | None,
+        device: str = "cpu",
+        decoder_path: str | os.PathLike[str] | None = None,
+        precision: str = "fp32",
+        cache_dir: str | os.PathLike[str] | None = None,
+        upsample_mode: str = "bicubic",
+        **options: Any,
+    ) -> OnnxRuntimeBackend:
+        """`<name>_encoder.onnx` (ours or official); or a .pth/.safetensors checkpoint, exported
+        once into the cache folder (EDGESAM_CACHE_DIR or ~/.cache/edgesam) and reused."""
+        if path is not None and Path(path).suffix == ".onnx":
+            return cls(path, decoder_path, device, precision, **options)
+        encoder, decoder = export_cached(path, cache_dir, upsample_mode)
+        return cls(encoder, decoder, device, precision, **options)
+
+    # -- the interface ------------------------------------------------------------------------
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, 1024, 1024):
+            raise ValueError(f"images must be Bx3x1024x1024, got {tuple(images.shape)}")
+        x = _np(images)
+        step = 1 if self.encoder_batch_fixed else self.max_batch
+        outs = [self._enc.run(None, {"image": x[i : i + step]})[0] for i in range(0, len(x), step)]
+        return torch.from_numpy(np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0])
+
+    def decode(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b = point_coords.shape[0]
+        if (
+            point_coords.ndim != 3
+            or point_coords.shape[2] != 2
+            or point_labels.shape != (b, point_coords.shape[1])
+        ):
+            raise ValueError("point_coords must be BxNx2 and point_labels BxN")
+        if image_embeddings.shape[0] not in (1, b):
+            raise ValueError("image_embeddings must have batch 1 or the prompts' batch")
+        emb = _np(image_embeddings)
+        coords = _np(point_coords)
+        labels = _np(point_labels)
+        if self.format == FORMAT_OFFICIAL:
+            if mask_input is not None:
+                raise UnsupportedPrompt("the official ONNX decoder takes no mask_input")
+            return self._decode_official(emb, coords, labels)
+        if mask_input is None:
+            mask, has = self._zero_masks(b), np.zeros((1,), np.float32)
+        else:
+            mask = _np(mask_input).reshape(-1, 1, 256, 256)
+            if mask.shape[0] == 1 and b > 1:
+                mask = np.ascontiguousarray(np.broadcast_to(mask, (b, 1, 256, 256)))
+            has = np.ones((1,), np.float32)
+        logits, iou = self._dec.run(
+            ["low_res_logits", "iou_predictions"],
+            {
+                "image_embeddings": emb,
+                "point_coords": coords,
+                "point_labels": labels,
+                "mask_input": mask,
+                "has_mask_input": has,
+            },
+        )
+        return torch.from_numpy(logits), torch.from_numpy(iou)
+
+    def _decode_official(
+        self, emb: np.ndarray, coords: np.ndarray, labels: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        masks, scores = [], []
+        for i in range(coords.shape[0]):
+            e = emb[0:1] if emb.shape[0] == 1 else emb[i : i + 1]
+            s, m = self._dec.run(
+                list(OFFICIAL_DECODER_OUTPUTS),
+                {
+                    "image_embeddings": e,
+                    "point_coords": coords[i : i + 1],
+                    "point_labels": labels[i : i + 1],
+                },
+            )
+            scores.append(s)
+            masks.append(m)
+        return torch.from_numpy(np.concatenate(masks)), torch.from_numpy(np.concatenate(scores))
+
+    def _zero_masks(self, b: int) -> np.ndarray:
+        with self._zeros_lock:
+            z = self._zeros.get(b)
+            if z is None:
+                z = np.zeros((b, 1, 256, 256), np.float32)
+                z.setflags(write=False)
+                if len(self._zeros) < 16:
+                    self._zeros[b] = z
+            return z
+
+    def close(self) -> None:
+        self._enc = None  # type: ignore[assignment]
+        self._dec = None  # type: ignore[assignment]
+
+
+def export_cached(
+    checkpoint: str | os.PathLike[str] | None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    upsample_mode: str = "bicubic",
+) -> tuple[Path, Path]:
+    """Our ONNX pair for a checkpoint, exported once per (file content, mode, opset, format).
+
+    None (random weights) exports into a fresh temporary folder, never cached."""
+    from engine.export import DEFAULT_OPSET, FORMAT_VERSION, export_onnx, file_digest
+    from engine.loader import build_edge_sam
+
+    if checkpoint is None:
+        out = Path(tempfile.mkdtemp(prefix="edgesam-onnx-"))
+        pair = export_onnx(build_edge_sam(None, upsample_mode), out, "random")  # type: ignore[arg-type]
+        return pair.encoder, pair.decoder
+    ckpt = Path(checkpoint)
+    key = f"{ckpt.stem}-{file_digest(ckpt, 12)}-{upsample_mode}-op{DEFAULT_OPSET}-v{FORMAT_VERSION}"
+    folder = Path(cache_dir) if cache_dir else default_cache_dir() / "onnx"
+    target = folder / key
+    enc, dec = target / "edge_sam_encoder.onnx", target / "edge_sam_decoder.onnx"
+    if enc.is_file() and dec.is_file():
+        return enc, dec
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
+    try:
+        log.info("exporting %s to ONNX into %s (once)", ckpt.name, target)
+        export_onnx(build_edge_sam(ckpt, upsample_mode), tmp, "edge_sam", source=ckpt.name)  # type: ignore[arg-type]
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race; use its files
+            if not (enc.is_file() and dec.is_file()):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return enc, dec

@@ -1,0 +1,1 @@
+"""The gRPC contract: `.proto` files and the Python stubs generated from them."""

@@ -1,0 +1,103 @@
+"""Regenerate the Python stubs of every `.proto` under proto/ (committed beside them).
+
+    .venv/bin/python -m proto.generate            # rewrite proto/edgesam/v1/*_pb2*.py(i)
+    .venv/bin/python -m proto.generate --check    # exit 1 when the committed stubs are stale
+
+The `.proto` files are compiled with proto/ as the include root, so their descriptor names
+are the canonical `edgesam/v1/...` (what reflection shows and other languages import); the
+one import the gRPC plugin writes (`from edgesam.v1 import ...`) is made relative so the stubs
+import as `proto.edgesam.v1` from the repository and from an installed package alike.
+"""
+
+import argparse
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+PROTO_ROOT = Path(__file__).resolve().parent
+PROTOS = ["edgesam/v1/segmentation.proto"]
+SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+# Lines that only record which protoc/grpcio-tools wrote the file.
+_STAMP = re.compile(
+    r"^(# Protobuf Python Version: .*|GRPC_GENERATED_VERSION = .*|\s*_runtime_version\.\w+,"
+    r"\s*\d+,\s*|\s*\d+,\s*)$"
+)
+
+
+class GenerationError(RuntimeError):
+    """protoc failed."""
+
+
+def generate(out_dir: Path) -> list[Path]:
+    """Compile every proto into `out_dir` (mirroring proto/), fix imports; returns the files."""
+    from grpc_tools import protoc
+
+    try:
+        from importlib.resources import files
+
+        well_known = str(files("grpc_tools") / "_proto")
+    except (ImportError, TypeError):  # pragma: no cover
+        well_known = ""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        *([f"-I{well_known}"] if well_known else []),
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        *PROTOS,
+    ]
+    if protoc.main(args) != 0:
+        raise GenerationError(f"protoc failed: {' '.join(args)}")
+    written = []
+    for proto in PROTOS:
+        stem = proto[: -len(".proto")]
+        package = Path(proto).parent.as_posix().replace("/", ".")
+        for suffix in SUFFIXES:
+            path = out_dir / f"{stem}{suffix}"
+            text = path.read_text()
+            text = re.sub(
+                rf"^from {re.escape(package)} import ", "from . import ", text, flags=re.M
+            )
+            path.write_text(text)
+            written.append(path)
+    return written
+
+
+def normalise(text: str) -> str:
+    """The file without the lines that only stamp the generator's version."""
+    return "\n".join(line for line in text.splitlines() if not _STAMP.match(line))
+
+
+def stale_files() -> list[str]:
+    """Committed stubs that differ from freshly generated ones (ignoring version stamps)."""
+    stale = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for fresh in generate(Path(tmp)):
+            rel = fresh.relative_to(tmp)
+            committed = PROTO_ROOT / rel
+            if not committed.is_file() or normalise(committed.read_text()) != normalise(
+                fresh.read_text()
+            ):
+                stale.append(rel.as_posix())
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m proto.generate", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="only report stale stubs")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_files()
+        for rel in stale:
+            print(f"stale: proto/{rel} (run python -m proto.generate)", file=sys.stderr)
+        return 1 if stale else 0
+    for path in generate(PROTO_ROOT):
+        print(path.relative_to(PROTO_ROOT.parent))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

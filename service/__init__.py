@@ -1,0 +1,1 @@
+"""The EdgeSAM segmentation microservice: one core (`service.core`), thin transports over it."""

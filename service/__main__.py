@@ -1,0 +1,148 @@
+"""`python -m service`: start the service (HTTP now; extra servers such as gRPC plug into
+`serve(..., extra_servers=[...])`).
+
+SIGTERM/SIGINT: readiness goes false at once, requests are still served for
+EDGESAM_DRAIN_SECONDS (so load balancers stop sending), then the servers stop. A second
+signal stops at once.
+"""
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from service.config import GET_WEIGHTS_HINT, Settings
+
+if TYPE_CHECKING:  # the heavy imports (torch) wait until the configuration is known good
+    from service.core import SegmentationService
+
+log = logging.getLogger("service")
+
+ExtraServer = Callable[["SegmentationService"], Awaitable[Any]]
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        """uvicorn without its own signal handling: `serve` below owns SIGTERM/SIGINT."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return _Server
+
+
+def extra_servers(settings: Settings) -> list[ExtraServer]:
+    """Servers started beside HTTP in the same process. The gRPC transport adds itself here
+    (service.grpc_server.serve_grpc) once it exists and EDGESAM_GRPC_PORT is non-zero."""
+    servers: list[ExtraServer] = []
+    if settings.grpc_port:
+        try:
+            from service import grpc_server  # type: ignore[attr-defined]
+        except ImportError:
+            grpc_server = None
+        serve_grpc = getattr(grpc_server, "serve_grpc", None)
+        if serve_grpc is not None:
+            servers.append(lambda svc: serve_grpc(svc, settings))
+    return servers
+
+
+def create_app(*args: Any, **kwargs: Any) -> Any:
+    """service.http_app.create_app, imported late (torch loads only once config is good)."""
+    from service.http_app import create_app as make
+
+    return make(*args, **kwargs)
+
+
+async def serve(
+    settings: Settings,
+    service: "SegmentationService | None" = None,
+    servers: list[ExtraServer] | None = None,
+) -> int:
+    """Run until a signal (after draining) or a failed model start; returns the exit code."""
+    import uvicorn
+
+    from service.core import SegmentationService
+
+    service = service or SegmentationService(settings)
+    from service.roles import apply_role  # decoder role: forward embeds to the encoders
+
+    apply_role(service, settings)
+    app = create_app(settings, service, servers if servers is not None else extra_servers(settings))
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level=settings.log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=max(5, int(settings.drain_seconds)),
+        access_log=settings.log_level == "debug",
+    )
+    server = _server_class()(config)
+    loop = asyncio.get_running_loop()
+    exit_code = 0
+    drain_task: asyncio.Task | None = None
+
+    async def drain_then_stop() -> None:
+        service.begin_drain()
+        log.info("stopping in %.0f s (EDGESAM_DRAIN_SECONDS)", settings.drain_seconds)
+        await asyncio.sleep(settings.drain_seconds)
+        server.should_exit = True
+
+    def on_signal(signum: int) -> None:
+        nonlocal drain_task
+        if drain_task is None:
+            log.info("received %s", signal.Signals(signum).name)
+            drain_task = asyncio.ensure_future(drain_then_stop())
+        else:
+            log.info("second signal: stopping now")
+            server.should_exit = True
+            server.force_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig)
+
+    async def watch_start() -> None:
+        nonlocal exit_code
+        while service.state == "loading":
+            await asyncio.sleep(0.1)
+        if service.state == "failed":
+            exit_code = 1
+            server.should_exit = True
+
+    watcher = asyncio.ensure_future(watch_start())
+    try:
+        await server.serve()
+    finally:
+        watcher.cancel()
+        if drain_task is not None:
+            drain_task.cancel()
+    return exit_code
+
+
+def main() -> int:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"edgesam: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if settings.resolved_checkpoint() is None and not settings.allow_random_weights:
+        print(f"edgesam: {GET_WEIGHTS_HINT}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

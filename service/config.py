@@ -1,0 +1,130 @@
+"""Settings: one pydantic-settings class, read from EDGESAM_* environment variables.
+
+Every knob has a default that works on a laptop; bad values fail at start-up with a message
+naming the variable. `EDGESAM_CHECKPOINT`, `EDGESAM_HTTP_PORT`, `EDGESAM_GRPC_PORT`,
+`EDGESAM_REDIS_URL`, `EDGESAM_BACKEND` and `EDGESAM_API_KEYS` are the public contract.
+"""
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+GET_WEIGHTS_HINT = (
+    "no checkpoint: run `python -m service.weights download` (or set EDGESAM_CHECKPOINT to an "
+    "official edge_sam.pth / .safetensors), or set EDGESAM_ALLOW_RANDOM_WEIGHTS=1 to run with "
+    "random weights (meaningless masks, for trying the API only)"
+)
+
+
+def default_cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgesam"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EDGESAM_", extra="ignore", validate_default=True, frozen=True
+    )
+
+    # Model
+    checkpoint: Path | None = Field(
+        None, description="official .pth or .safetensors; unset: the downloaded edge_sam.pth"
+    )
+    allow_random_weights: bool = False
+    weights_dir: Path = Field(default_factory=lambda: default_cache_root() / "weights")
+    backend: Literal["torch", "onnxruntime", "tensorrt", "auto"] = "torch"
+    device: str = "cpu"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    engine_cache_dir: Path = Field(default_factory=lambda: default_cache_root() / "engines")
+    torch_threads: int | None = Field(None, ge=1, le=256)
+
+    # Roles and transports
+    role: Literal["all", "encoder", "decoder"] = "all"
+    encoder_grpc_target: str | None = None
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(50051, ge=0, le=65535)  # 0: no gRPC server
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    drain_seconds: float = Field(20.0, ge=0, le=600)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Cache
+    redis_url: str | None = None
+    redis_key_prefix: str = "edgesam:"
+    redis_socket_timeout: float = Field(0.5, gt=0, le=30)
+    redis_connect_timeout: float = Field(0.5, gt=0, le=30)
+    redis_retry_seconds: float = Field(2.0, ge=0, le=300)
+    redis_max_connections: int = Field(32, ge=1, le=1024)
+    cache_ttl_seconds: int = Field(3600, ge=1, le=30 * 86400)
+    cache_dtype: Literal["float16", "float32"] = "float16"
+    lru_max_bytes: int = Field(256 * 1024 * 1024, ge=0)
+
+    # Limits
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_json_bytes: int = Field(1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_points: int = Field(64, ge=1, le=4096)
+    max_boxes: int = Field(64, ge=1, le=1024)
+
+    # Work queues (every one bounded)
+    encode_max_batch: int = Field(8, ge=1, le=64)
+    encode_max_wait_ms: float = Field(5.0, ge=0, le=1000)
+    encode_max_queue: int = Field(16, ge=1, le=10_000)
+    encode_workers: int = Field(1, ge=1, le=64)
+    decode_workers: int = Field(2, ge=1, le=256)
+    decode_max_queue: int = Field(64, ge=1, le=100_000)
+    everything_max_concurrency: int = Field(1, ge=1, le=64)
+    retry_after_seconds: int = Field(1, ge=1, le=3600)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in value:
+            if len(key.get_secret_value()) < 8:
+                raise ValueError("every API key must be at least 8 characters long")
+        return value
+
+    @field_validator("redis_url", "encoder_grpc_target", "checkpoint", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "Settings":
+        if self.checkpoint is not None and not self.checkpoint.is_file():
+            raise ValueError(f"EDGESAM_CHECKPOINT={self.checkpoint} is not a file")
+        if self.grpc_port and self.grpc_port == self.http_port:
+            raise ValueError("EDGESAM_GRPC_PORT and EDGESAM_HTTP_PORT must differ")
+        if self.device.startswith("cpu") and self.precision != "fp32":
+            raise ValueError("EDGESAM_PRECISION must be fp32 on the CPU")
+        return self
+
+    def api_key_values(self) -> list[bytes]:
+        return [k.get_secret_value().encode() for k in self.api_keys]
+
+    def resolved_checkpoint(self) -> Path | None:
+        """EDGESAM_CHECKPOINT, else the downloaded default checkpoint when present."""
+        if self.checkpoint is not None:
+            return self.checkpoint
+        for name in ("edge_sam.pth", "edge_sam_3x.pth"):
+            candidate = self.weights_dir / name
+            if candidate.is_file():
+                return candidate
+        return None

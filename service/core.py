@@ -1,0 +1,668 @@
+"""The service core: embed, segment, everything, exists/delete, readiness.
+
+Transports (HTTP now, gRPC later) call these methods with schema objects and map
+`service.errors.ServiceError` through the one error table; nothing here knows about either.
+
+    svc = SegmentationService(settings)         # or backend=FakeBackend() in tests
+    await svc.start()                           # loads weights (in a thread), warms up
+    res = await svc.embed(png_bytes, "image/png")
+    out = await svc.segment(SegmentRequest(image_id=res.image_id, points=[[x, y]], labels=[1]))
+"""
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
+
+import numpy as np
+import torch
+
+from engine.backends.base import Backend, BackendError, UnsupportedPrompt
+from engine.core import ImageEmbedding, decode_points, prompts_to_points
+from engine.transforms import preprocess_image
+from service import codecs
+from service.cache import TensorCache
+from service.config import GET_WEIGHTS_HINT, Settings
+from service.errors import (
+    BackendFailure,
+    EmbeddingNotFound,
+    EncoderUnavailable,
+    FeatureUnavailable,
+    InvalidPrompt,
+    MaskInputNotFound,
+    NotReady,
+    Overloaded,
+    ServiceError,
+    UnsupportedPromptError,
+)
+from service.metrics import Metrics
+from service.schemas import (
+    ComponentStatus,
+    EmbedResult,
+    EverythingMask,
+    EverythingRequest,
+    EverythingResult,
+    MaskItem,
+    Readiness,
+    SegmentRequest,
+    SegmentResult,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class BoundedExecutor:
+    """A thread pool that refuses work at once (Overloaded) when `max_pending` jobs are
+    already waiting or running, instead of queueing without bound."""
+
+    def __init__(
+        self, name: str, workers: int, max_pending: int, metrics: Metrics, retry_after: int
+    ) -> None:
+        self.name = name
+        self.max_pending = max_pending
+        self.retry_after = retry_after
+        self._metrics = metrics
+        self._pending = 0
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"edgesam-{name}")
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        if self._pending >= self.max_pending:
+            self._metrics.rejected.labels(self.name).inc()
+            raise Overloaded(
+                f"the {self.name} queue is full ({self.max_pending}); retry shortly",
+                retry_after=self.retry_after,
+            )
+        self._pending += 1
+        self._metrics.queue_depth.labels(self.name).set(self._pending)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._pending -= 1
+            self._metrics.queue_depth.labels(self.name).set(self._pending)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Encoder(Protocol):
+    """Computes one image's embedding: locally (LocalEncoder) or on a remote encoder."""
+
+    async def encode(self, image: np.ndarray) -> ImageEmbedding: ...
+
+    async def close(self) -> None: ...
+
+
+class EmbedForwarder(Protocol):
+    """Answers embeds elsewhere (a decoder-role replica forwards the image bytes to the
+    encoder pool, which stores the embedding in the shared cache): service.roles."""
+
+    async def embed(self, data: bytes, content_type: str | None) -> EmbedResult: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalEncoder:
+    """Runs the backend's encoder here: through engine.batching.EncoderBatcher when that
+    module exists, otherwise one image per call on a bounded thread pool."""
+
+    def __init__(self, backend: Backend, settings: Settings, metrics: Metrics) -> None:
+        self.backend = backend
+        self.metrics = metrics
+        self._prep = BoundedExecutor(
+            "preprocess", 2, settings.encode_max_queue, metrics, settings.retry_after_seconds
+        )
+        self._retry_after = settings.retry_after_seconds
+        self._batcher = None
+        self._seen_batches: dict[int, int] = {}
+        self._batcher_overloaded: type[BaseException] = Overloaded
+        try:
+            from engine import batching  # written beside this module; optional until merged
+        except ImportError:
+            batching = None
+        if batching is not None and hasattr(batching, "EncoderBatcher"):
+            self._batcher = batching.EncoderBatcher(
+                backend,
+                max_batch=min(settings.encode_max_batch, backend.info.max_batch),
+                max_wait_ms=settings.encode_max_wait_ms,
+                max_queue=settings.encode_max_queue,
+            )
+            self._batcher_overloaded = getattr(batching, "Overloaded", Overloaded)
+        self._exec = BoundedExecutor(
+            "encode",
+            settings.encode_workers,
+            settings.encode_max_queue,
+            metrics,
+            settings.retry_after_seconds,
+        )
+
+    async def encode(self, image: np.ndarray) -> ImageEmbedding:
+        original = (int(image.shape[0]), int(image.shape[1]))
+        if self._batcher is not None:
+            tensor, input_size = await self._prep.run(preprocess_image, image)
+            start = time.perf_counter()
+            try:
+                emb = await self._batcher.encode(tensor)
+            except self._batcher_overloaded as exc:
+                self.metrics.rejected.labels("encode").inc()
+                raise Overloaded(
+                    "the encoder queue is full; retry shortly", retry_after=self._retry_after
+                ) from exc
+            self.metrics.encoder_latency.observe(time.perf_counter() - start)
+            return ImageEmbedding(emb.float().reshape(1, 256, 64, 64), original, input_size)
+        return await self._exec.run(self._encode_sync, image)
+
+    def _encode_sync(self, image: np.ndarray) -> ImageEmbedding:
+        tensor, input_size = preprocess_image(image)
+        start = time.perf_counter()
+        emb = self.backend.encode(tensor)
+        self.metrics.encoder_latency.observe(time.perf_counter() - start)
+        self.metrics.encoder_batch_size.observe(1)
+        return ImageEmbedding(
+            emb[:1].float(), (int(image.shape[0]), int(image.shape[1])), input_size
+        )
+
+    def sync_metrics(self) -> None:
+        """Bring the batch-size histogram up to date with the batcher's own counts."""
+        stats = getattr(self._batcher, "stats", None)
+        if stats is None:
+            return
+        for size, count in stats().batch_sizes.items():
+            for _ in range(count - self._seen_batches.get(size, 0)):
+                self.metrics.encoder_batch_size.observe(size)
+            self._seen_batches[size] = count
+
+    async def close(self) -> None:
+        if self._batcher is not None:
+            await asyncio.to_thread(self._batcher.close)
+        self._exec.shutdown()
+        self._prep.shutdown()
+
+
+def validate_prompts(
+    req: SegmentRequest, original_size: tuple[int, int], max_points: int, max_boxes: int
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """(points Nx2, labels N, boxes Bx4) in original pixels, or InvalidPrompt naming the
+    problem. Coordinates must be finite and inside [0, width] x [0, height]."""
+    h, w = original_size
+    if req.box is not None and req.boxes is not None:
+        raise InvalidPrompt("give either box or boxes, not both")
+    if req.points is None and req.box is None and req.boxes is None:
+        raise InvalidPrompt("give at least one prompt: points (with labels), box or boxes")
+    points = labels = boxes = None
+    if req.points is not None or req.labels is not None:
+        if req.points is None or req.labels is None:
+            raise InvalidPrompt("points and labels go together: one label per point")
+        if len(req.points) != len(req.labels):
+            raise InvalidPrompt(
+                f"{len(req.points)} points but {len(req.labels)} labels: give one label per point"
+            )
+        if not req.points:
+            raise InvalidPrompt("points is empty")
+        if len(req.points) > max_points:
+            raise InvalidPrompt(f"{len(req.points)} points; at most {max_points} are accepted")
+        points = np.asarray(req.points, dtype=np.float64).reshape(-1, 2)
+        labels = np.asarray(req.labels, dtype=np.int64)
+        _check_inside(points, w, h, "point")
+    box_list = [req.box] if req.box is not None else req.boxes
+    if box_list is not None:
+        if not box_list:
+            raise InvalidPrompt("boxes is empty")
+        if len(box_list) > max_boxes:
+            raise InvalidPrompt(f"{len(box_list)} boxes; at most {max_boxes} are accepted")
+        boxes = np.asarray(box_list, dtype=np.float64).reshape(-1, 4)
+        _check_inside(boxes.reshape(-1, 2), w, h, "box corner")
+        for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+            if x1 <= x0 or y1 <= y0:
+                raise InvalidPrompt(
+                    f"box {i} [{x0:g}, {y0:g}, {x1:g}, {y1:g}] is inverted or empty: "
+                    "boxes are [x0, y0, x1, y1] with x0 < x1 and y0 < y1"
+                )
+    return points, labels, boxes
+
+
+def _check_inside(xy: np.ndarray, w: int, h: int, what: str) -> None:
+    if not np.isfinite(xy).all():
+        raise InvalidPrompt(f"every {what} coordinate must be a finite number")
+    outside = (xy[:, 0] < 0) | (xy[:, 0] > w) | (xy[:, 1] < 0) | (xy[:, 1] > h)
+    if outside.any():
+        x, y = xy[int(np.flatnonzero(outside)[0])].tolist()
+        raise InvalidPrompt(
+            f"{what} ({x:g}, {y:g}) lies outside the {w}x{h} image "
+            "(coordinates are original-image pixels)"
+        )
+
+
+class SegmentationService:
+    """The one core behind every transport. Safe for concurrent requests: it holds no
+    per-image state besides the cache."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backend: Backend | None = None,
+        encoder: Encoder | None = None,
+        random_weights: bool | None = None,
+        forwarder: EmbedForwarder | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.backend = backend
+        self.encoder = encoder
+        self.forwarder = forwarder
+        self.cache: TensorCache | None = None
+        self.checkpoint = settings.resolved_checkpoint() if backend is None else None
+        if random_weights is None:
+            random_weights = backend is None and self.checkpoint is None
+        self.random_weights = random_weights
+        self.state = "loading"  # loading -> ready | failed; draining after begin_drain()
+        self.failure: str | None = None
+        self._draining = False
+        self._inflight: dict[str, asyncio.Future[ImageEmbedding]] = {}
+        self._decode = BoundedExecutor(
+            "decode",
+            settings.decode_workers,
+            settings.decode_max_queue,
+            self.metrics,
+            settings.retry_after_seconds,
+        )
+        self._images = BoundedExecutor(
+            "image", 2, settings.encode_max_queue, self.metrics, settings.retry_after_seconds
+        )
+        self._everything = BoundedExecutor(
+            "everything",
+            settings.everything_max_concurrency,
+            settings.everything_max_concurrency,
+            self.metrics,
+            settings.retry_after_seconds,
+        )
+
+    # -- life cycle -----------------------------------------------------------------------
+    def check_startable(self) -> None:
+        """Refuse to start without weights unless random weights were allowed explicitly."""
+        if (
+            self.backend is None
+            and self.checkpoint is None
+            and not self.settings.allow_random_weights
+        ):
+            raise SystemExit(f"edgesam: {GET_WEIGHTS_HINT}")
+
+    async def start(self) -> None:
+        """Load the model (in a thread), warm it up, prove it answers, open the cache."""
+        try:
+            if self.backend is None:
+                self.check_startable()
+                self.backend = await asyncio.to_thread(self._load_backend)
+            if self.random_weights:
+                log.warning(
+                    "RUNNING WITH RANDOM WEIGHTS: masks are meaningless. %s", GET_WEIGHTS_HINT
+                )
+            backend = self.backend
+            await asyncio.to_thread(backend.warmup)
+            health = await asyncio.to_thread(backend.health)
+            if not health.ok:
+                raise BackendError(f"warm-up health check failed: {health.error}")
+            s = self.settings
+            self.cache = TensorCache(
+                self.metrics,
+                fingerprint=backend.fingerprint,
+                ttl_seconds=s.cache_ttl_seconds,
+                lru_max_bytes=s.lru_max_bytes,
+                redis_url=s.redis_url,
+                key_prefix=s.redis_key_prefix,
+                socket_timeout=s.redis_socket_timeout,
+                connect_timeout=s.redis_connect_timeout,
+                retry_seconds=s.redis_retry_seconds,
+                max_connections=s.redis_max_connections,
+                dtype=s.cache_dtype,
+            )
+            if self.encoder is None and s.role != "decoder":
+                self.encoder = LocalEncoder(backend, s, self.metrics)
+            degraded = await self.cache.check()
+            if degraded:
+                log.warning("starting with the cache degraded: %s", degraded)
+        except BaseException as exc:
+            self.state = "failed"
+            self.failure = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "model start-up failed: %s", self.failure, exc_info=not isinstance(exc, SystemExit)
+            )
+            raise
+        self.state = "ready"
+        self.metrics.ready.set(0 if self._draining else 1)
+        info = self.backend.info
+        log.info(
+            "ready: backend=%s device=%s precision=%s fingerprint=%s cache=%s",
+            info.name,
+            info.device,
+            info.precision,
+            info.fingerprint,
+            "redis+lru" if s.redis_url else "lru",
+        )
+
+    def _load_backend(self) -> Backend:
+        from engine.loader import load_model
+
+        s = self.settings
+        options: dict[str, object] = {}
+        if s.backend == "torch" and s.torch_threads:
+            options["num_threads"] = s.torch_threads
+        if s.backend == "tensorrt":
+            options["engine_cache_dir"] = str(s.engine_cache_dir)
+        log.info("loading %s on %s (%s)", self.checkpoint or "random weights", s.device, s.backend)
+        return load_model(
+            self.checkpoint, device=s.device, backend=s.backend, precision=s.precision, **options
+        )
+
+    def begin_drain(self) -> None:
+        """Readiness goes false; requests are still served until the process stops."""
+        if not self._draining:
+            log.info("draining: readiness is now false")
+        self._draining = True
+        self.metrics.ready.set(0)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready" and not self._draining
+
+    async def close(self) -> None:
+        if self.encoder is not None:
+            await self.encoder.close()
+        if self.forwarder is not None:
+            await self.forwarder.close()
+        if self.cache is not None:
+            await self.cache.close()
+        for pool in (self._decode, self._images, self._everything):
+            pool.shutdown()
+
+    def _require_started(self) -> tuple[Backend, TensorCache]:
+        if self.state != "ready" or self.backend is None or self.cache is None:
+            if self.state == "failed":
+                raise NotReady("the model failed to load; see the server log")
+            raise NotReady("the model is still loading; retry shortly", retry_after=2)
+        return self.backend, self.cache
+
+    # -- operations -----------------------------------------------------------------------
+    async def embed(self, data: bytes, content_type: str | None) -> EmbedResult:
+        """Image bytes -> image_id. A cache hit answers without decoding the image, and
+        concurrent embeds of the same bytes run the encoder once."""
+        _, cache = self._require_started()
+        codecs.check_content_type(content_type)
+        image_id = codecs.content_hash(data)
+        hit = await cache.get_embedding(image_id)
+        if hit is not None:
+            return self._embed_result(image_id, hit[0], True, hit[1])
+        if self.forwarder is not None:
+            return await self.forwarder.embed(data, content_type)
+        running = self._inflight.get(image_id)
+        if running is not None:
+            emb = await asyncio.shield(running)
+            return self._embed_result(image_id, emb, True, cache.ttl)
+        if self.encoder is None:
+            raise EncoderUnavailable(
+                "this replica runs the decoder role and has no encoder configured "
+                "(EDGESAM_ENCODER_GRPC_TARGET)"
+            )
+        future: asyncio.Future[ImageEmbedding] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._inflight[image_id] = future
+        try:
+            image = await self._images.run(
+                codecs.decode_image, data, content_type, self.settings.max_image_pixels
+            )
+            try:
+                emb = await self.encoder.encode(image)
+            except BackendError as exc:
+                log.exception("encoder failed")
+                raise BackendFailure("the encoder failed; see the server log") from exc
+            await cache.put_embedding(image_id, emb)
+            future.set_result(emb)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+            raise
+        finally:
+            self._inflight.pop(image_id, None)
+        return self._embed_result(image_id, emb, False, cache.ttl)
+
+    @staticmethod
+    def _embed_result(image_id: str, emb: ImageEmbedding, cached: bool, ttl: int) -> EmbedResult:
+        h, w = emb.original_size
+        return EmbedResult(image_id=image_id, width=w, height=h, cached=cached, expires_in=ttl)
+
+    async def _embedding(self, cache: TensorCache, image_id: str) -> ImageEmbedding:
+        hit = await cache.get_embedding(image_id)
+        if hit is None:
+            raise EmbeddingNotFound(
+                f"no embedding for image_id {image_id} (unknown or expired); "
+                "POST the image to /v1/embed again"
+            )
+        return hit[0]
+
+    async def segment(self, req: SegmentRequest) -> SegmentResult:
+        backend, cache = self._require_started()
+        emb = await self._embedding(cache, req.image_id)
+        points, labels, boxes = validate_prompts(
+            req, emb.original_size, self.settings.max_points, self.settings.max_boxes
+        )
+        mask_input = None
+        if req.mask_input_id is not None:
+            got = await cache.get_mask(req.mask_input_id)
+            if got is None:
+                raise MaskInputNotFound(
+                    f"no stored mask for mask_input_id {req.mask_input_id} (unknown or expired)"
+                )
+            mask_input = got[0]
+        items, best = await self._decode.run(
+            self._segment_sync, backend, emb, points, labels, boxes, mask_input, req
+        )
+        mask_ids = []
+        for logits in best:
+            mask_id = uuid.uuid4().hex
+            await cache.put_mask(mask_id, req.image_id, logits)
+            mask_ids.append(mask_id)
+        h, w = emb.original_size
+        return SegmentResult(
+            image_id=req.image_id,
+            width=w,
+            height=h,
+            masks=items,
+            mask_input_id=mask_ids[0] if mask_ids else None,
+            mask_input_ids=mask_ids,
+        )
+
+    def _segment_sync(
+        self,
+        backend: Backend,
+        emb: ImageEmbedding,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        boxes: np.ndarray | None,
+        mask_input: torch.Tensor | None,
+        req: SegmentRequest,
+    ) -> tuple[list[MaskItem], list[torch.Tensor]]:
+        start = time.perf_counter()
+        try:
+            coords, point_labels = prompts_to_points(emb.original_size, points, labels, boxes)
+            res = decode_points(backend, emb, coords, point_labels, mask_input, req.num_masks)
+        except UnsupportedPrompt as exc:
+            raise UnsupportedPromptError(str(exc)) from exc
+        except BackendError as exc:
+            log.exception("decoder failed")
+            raise BackendFailure("the decoder failed; see the server log") from exc
+        self.metrics.decoder_latency.observe(time.perf_counter() - start)
+        items: list[MaskItem] = []
+        best: list[torch.Tensor] = []
+        scores = res.iou_predictions.tolist()
+        stability = res.stability_scores.tolist()
+        for b in range(res.low_res_logits.shape[0]):
+            for c in range(res.low_res_logits.shape[1]):
+                mask = res.masks((b, c)).numpy()
+                encoded = codecs.encode_mask(mask, req.output)
+                items.append(
+                    MaskItem(
+                        prompt_index=b,
+                        mask_index=c,
+                        score=_finite(scores[b][c]),
+                        stability_score=_finite(stability[b][c]),
+                        **encoded,
+                    )
+                )
+            best.append(res.low_res_logits[b, int(res.iou_predictions[b].argmax())].clone())
+        return items, best
+
+    async def everything(self, req: EverythingRequest) -> EverythingResult:
+        """Everything mode on a cached embedding (engine.amg, single crop)."""
+        backend, cache = self._require_started()
+        emb = await self._embedding(cache, req.image_id)
+        try:
+            from engine.amg import EdgeSamAutomaticMaskGenerator
+        except ImportError as exc:
+            raise FeatureUnavailable("everything mode is not available in this build") from exc
+        if not hasattr(EdgeSamAutomaticMaskGenerator, "generate_from_embedding"):
+            raise FeatureUnavailable("everything mode from a cached embedding is not available")
+        records = await self._everything.run(
+            self._everything_sync, EdgeSamAutomaticMaskGenerator, backend, emb, req
+        )
+        h, w = emb.original_size
+        return EverythingResult(image_id=req.image_id, width=w, height=h, masks=records)
+
+    def _everything_sync(
+        self, generator_cls: type, backend: Backend, emb: ImageEmbedding, req: EverythingRequest
+    ) -> list[EverythingMask]:
+        generator = generator_cls(
+            backend,
+            points_per_side=req.points_per_side,
+            points_per_batch=req.points_per_batch,
+            pred_iou_thresh=req.pred_iou_thresh,
+            stability_score_thresh=req.stability_score_thresh,
+            stability_score_offset=req.stability_score_offset,
+            box_nms_thresh=req.box_nms_thresh,
+            crop_n_layers=0,
+            min_mask_region_area=req.min_mask_region_area,
+            output_mode="binary_mask",
+        )
+        try:
+            records = generator.generate_from_embedding(emb)
+        except BackendError as exc:
+            log.exception("everything mode failed")
+            raise BackendFailure("the decoder failed; see the server log") from exc
+        records = sorted(records, key=lambda r: -float(r["predicted_iou"]))[: req.max_masks]
+        out = []
+        for rec in records:
+            mask = np.asarray(rec["segmentation"], dtype=bool)
+            encoded = codecs.encode_mask(mask, req.output)
+            point = rec.get("point_coords") or [[0.0, 0.0]]
+            out.append(
+                EverythingMask(
+                    score=_finite(float(rec["predicted_iou"])),
+                    stability_score=_finite(float(rec["stability_score"])),
+                    point=(float(point[0][0]), float(point[0][1])),
+                    **encoded,
+                )
+            )
+        return out
+
+    async def load_embedding(self, image_id: str) -> ImageEmbedding:
+        """The cached embedding of `image_id` (EmbeddingNotFound when absent), for callers
+        that hold it across several decodes (the gRPC interactive session)."""
+        _, cache = self._require_started()
+        return await self._embedding(cache, image_id)
+
+    async def segment_embedding(
+        self,
+        emb: ImageEmbedding,
+        req: SegmentRequest,
+        mask_input: torch.Tensor | None = None,
+    ) -> tuple[SegmentResult, list[torch.Tensor]]:
+        """`segment` on an embedding the caller holds, with previous low-res logits
+        (1x256x256) in place of req.mask_input_id; nothing is read from or written to the
+        cache. Returns the result (no mask ids) and each prompt's best low-res logits."""
+        backend, _ = self._require_started()
+        points, labels, boxes = validate_prompts(
+            req, emb.original_size, self.settings.max_points, self.settings.max_boxes
+        )
+        if mask_input is not None and not backend.info.supports_mask_input:
+            mask_input = None
+        items, best = await self._decode.run(
+            self._segment_sync, backend, emb, points, labels, boxes, mask_input, req
+        )
+        h, w = emb.original_size
+        return SegmentResult(image_id=req.image_id, width=w, height=h, masks=items), best
+
+    async def exists(self, image_id: str) -> bool:
+        _, cache = self._require_started()
+        return await cache.has_embedding(image_id)
+
+    async def delete(self, image_id: str) -> bool:
+        """Remove an embedding from this replica's LRU and from Redis."""
+        _, cache = self._require_started()
+        return await cache.delete_embedding(image_id)
+
+    # -- health ---------------------------------------------------------------------------
+    async def readiness(self) -> Readiness:
+        if self.state == "ready":
+            model = ComponentStatus(status="ok")
+        elif self.state == "failed":
+            model = ComponentStatus(status="down", detail=self.failure)
+        else:
+            model = ComponentStatus(status="loading")
+        if self.cache is None:
+            cache = ComponentStatus(status="loading")
+        elif not self.cache.has_redis:
+            cache = ComponentStatus(status="ok", detail="in-process cache only (no Redis)")
+        else:
+            reason = await self.cache.check()
+            cache = (
+                ComponentStatus(status="degraded", detail=f"redis unavailable: {reason}")
+                if reason
+                else ComponentStatus(status="ok", detail="redis + in-process cache")
+            )
+        if self._draining:
+            status = "draining"
+        elif self.state != "ready":
+            status = "failed" if self.state == "failed" else "loading"
+        else:
+            status = "degraded" if cache.status == "degraded" else "ok"
+        info = self.backend.info if self.backend is not None else None
+        backend = (
+            {
+                "name": info.name,
+                "device": info.device,
+                "precision": info.precision,
+                "fingerprint": info.fingerprint,
+            }
+            if info is not None
+            else {}
+        )
+        return Readiness(
+            ready=self.ready,
+            status=status,
+            model=model,
+            cache=cache,
+            random_weights=self.random_weights,
+            backend=backend,
+        )
+
+
+def _finite(value: float) -> float:
+    return float(value) if math.isfinite(value) else 0.0
+
+
+__all__ = [
+    "BoundedExecutor",
+    "EmbedForwarder",
+    "Encoder",
+    "LocalEncoder",
+    "SegmentationService",
+    "ServiceError",
+    "validate_prompts",
+]

@@ -1,0 +1,373 @@
+"""gRPC transport: edgesam.v1.Segmentation over `SegmentationService`, beside HTTP in the
+same process and event loop (service.__main__ starts it through `serve_grpc`).
+
+- errors: through the one table (service.errors), as a status code, a sentence, and the
+  stable code in the trailing metadata (service.grpc_errors);
+- grpc.health.v1: NOT_SERVING while the model loads, SERVING when ready, NOT_SERVING again
+  while draining (SIGTERM) and at shutdown; open without an API key;
+- server reflection; bounded message sizes (the image limit for Embed and session starts,
+  the JSON limit for every other message: RESOURCE_EXHAUSTED beyond);
+- API keys from "authorization: Bearer <key>" or "x-api-key" metadata (UNAUTHENTICATED);
+- deadlines: a call past its deadline is cancelled, and a forwarded embed (decoder role)
+  gets the caller's remaining time.
+"""
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from proto.edgesam.v1 import segmentation_pb2 as pb
+from proto.edgesam.v1 import segmentation_pb2_grpc as pb_grpc
+from service import roles
+from service.config import Settings
+from service.core import SegmentationService
+from service.errors import (
+    EmbeddingNotFound,
+    InvalidRequest,
+    Overloaded,
+    PayloadTooLarge,
+    ServiceError,
+)
+from service.grpc_convert import (
+    embed_result_to_pb,
+    everything_request_from_pb,
+    everything_result_to_pb,
+    segment_request_from_pb,
+    segment_result_to_pb,
+)
+from service.grpc_errors import status_of
+from service.grpc_session import InteractiveSession
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmentation"].full_name  # edgesam.v1.Segmentation
+OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
+RANDOM_WEIGHTS_KEY = "x-edgesam-random-weights"
+ENVELOPE_BYTES = 64 * 1024  # room for the fields around an image in one message
+MAX_SEND_BYTES = 256 * 1024 * 1024  # answers are ours; bounded all the same
+HEALTH_POLL_S = 0.2
+MAX_SESSIONS = 256  # concurrent InteractiveSegment streams (each holds one embedding)
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without a configured key (constant-time compare of every key); the
+    health service stays open."""
+
+    def __init__(self, keys: list[bytes]) -> None:
+        self.keys = keys
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not self.keys or details.method.startswith(OPEN_METHOD_PREFIXES):
+            return handler
+        if self._authorised(details.invocation_metadata):
+            return handler
+        return _refusal(handler)
+
+    def _authorised(self, metadata: Any) -> bool:
+        given = None
+        auth = None
+        for key, value in metadata or ():
+            if key == "x-api-key":
+                given = value
+            elif key == "authorization":
+                auth = value
+        if given is None and isinstance(auth, str) and auth[:7].lower() == "bearer ":
+            given = auth[7:].strip()
+        if not given or not isinstance(given, str):
+            return False
+        candidate = given.encode()
+        ok = False
+        for key in self.keys:  # no early exit: every key is compared
+            ok |= hmac.compare_digest(candidate, key)
+        return ok
+
+
+def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    message = "an API key is required: send 'authorization: Bearer <key>' or 'x-api-key' metadata"
+    trailing = (("edgesam-error-code", "unauthenticated"),)
+
+    async def deny(_: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message, trailing_metadata=trailing)
+
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(deny, **kwargs)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(deny, **kwargs)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(deny, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(deny, **kwargs)
+
+
+class SegmentationServicer(pb_grpc.SegmentationServicer):
+    """Thin: converts messages, calls the core, maps errors. No logic HTTP lacks, except
+    the interactive session (a gRPC-only operation, service.grpc_session)."""
+
+    def __init__(self, service: SegmentationService, settings: Settings) -> None:
+        self.service = service
+        self.max_small = settings.max_json_bytes
+        self.sessions = 0
+        self.max_sessions = MAX_SESSIONS
+
+    async def _call(
+        self,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        work: Callable[[], Awaitable[T]],
+    ) -> T:
+        """Run `work` with the caller's deadline known to the core's forwarder; errors
+        become statuses; metrics as HTTP records them (route = the full method name)."""
+        start = time.perf_counter()
+        status = "OK"
+        remaining = context.time_remaining()
+        token = roles.DEADLINE.set(time.monotonic() + remaining if remaining else None)
+        failure: BaseException | None = None
+        try:
+            if self.service.random_weights:
+                await context.send_initial_metadata(((RANDOM_WEIGHTS_KEY, "true"),))
+            return await work()
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped through the table, logged if unexpected
+            if not isinstance(exc, ServiceError):
+                log.exception("unhandled error in gRPC %s", method)
+            failure = exc
+        finally:
+            roles.DEADLINE.reset(token)
+            if failure is not None:
+                status = status_of(failure)[0].name
+            self.service.metrics.request_latency.labels(
+                f"/{SERVICE_NAME}/{method}", "GRPC", status
+            ).observe(time.perf_counter() - start)
+        code, details, trailing = status_of(failure)
+        await context.abort(code, details, trailing_metadata=trailing)
+        raise AssertionError("unreachable")  # pragma: no cover - abort raises
+
+    def _small(self, request: Any) -> None:
+        size = request.ByteSize()
+        if size > self.max_small:
+            raise PayloadTooLarge(f"the message has {size} bytes; at most {self.max_small}")
+
+    async def Embed(  # noqa: N802 - gRPC method names
+        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EmbedResponse:
+        async def work() -> pb.EmbedResponse:
+            res = await self.service.embed(request.image, request.content_type or None)
+            return embed_result_to_pb(res, self._fingerprint())
+
+        return await self._call(context, "Embed", work)
+
+    def _fingerprint(self) -> str:
+        backend = self.service.backend
+        return backend.fingerprint if backend is not None else ""
+
+    async def Segment(  # noqa: N802
+        self, request: pb.SegmentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SegmentResponse:
+        async def work() -> pb.SegmentResponse:
+            self._small(request)
+            result = await self.service.segment(segment_request_from_pb(request))
+            return segment_result_to_pb(result)
+
+        return await self._call(context, "Segment", work)
+
+    async def SegmentEverything(  # noqa: N802
+        self, request: pb.EverythingRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EverythingResponse:
+        async def work() -> pb.EverythingResponse:
+            self._small(request)
+            result = await self.service.everything(everything_request_from_pb(request))
+            return everything_result_to_pb(result)
+
+        return await self._call(context, "SegmentEverything", work)
+
+    @staticmethod
+    def _image_id(image_id: str) -> str:
+        if len(image_id) != 64 or any(c not in "0123456789abcdef" for c in image_id):
+            raise InvalidRequest("image_id: must be 64 lowercase hex digits (sha256)")
+        return image_id
+
+    async def HasEmbedding(  # noqa: N802
+        self, request: pb.EmbeddingRef, context: grpc.aio.ServicerContext
+    ) -> pb.EmbeddingStatus:
+        async def work() -> pb.EmbeddingStatus:
+            image_id = self._image_id(request.image_id)
+            return pb.EmbeddingStatus(image_id=image_id, exists=await self.service.exists(image_id))
+
+        return await self._call(context, "HasEmbedding", work)
+
+    async def DeleteEmbedding(  # noqa: N802
+        self, request: pb.EmbeddingRef, context: grpc.aio.ServicerContext
+    ) -> pb.EmbeddingStatus:
+        async def work() -> pb.EmbeddingStatus:
+            image_id = self._image_id(request.image_id)
+            if not await self.service.delete(image_id):
+                raise EmbeddingNotFound(f"no embedding for image_id {image_id}")
+            return pb.EmbeddingStatus(image_id=image_id, exists=True)
+
+        return await self._call(context, "DeleteEmbedding", work)
+
+    async def InteractiveSegment(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[pb.InteractiveRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.InteractiveResponse]:
+        """First message: start (errors end the stream with a status). Later messages get
+        one answer each; a refused one answers `error` and the session goes on."""
+        iterator = request_iterator.__aiter__()
+
+        async def open_session() -> tuple[InteractiveSession, pb.SessionStarted]:
+            try:
+                first = await iterator.__anext__()
+            except StopAsyncIteration as exc:
+                raise InvalidRequest("the stream ended before its start message") from exc
+            if first.WhichOneof("action") != "start":
+                raise InvalidRequest("the first message of a session must be start")
+            if first.start.WhichOneof("source") != "image":
+                self._small(first)
+            if self.sessions >= self.max_sessions:
+                raise Overloaded(
+                    f"{self.max_sessions} interactive sessions are open; retry shortly",
+                    retry_after=1,
+                )
+            return await InteractiveSession.open(self.service, first.start)
+
+        session, started = await self._call(context, "InteractiveSegment", open_session)
+        self.sessions += 1
+        try:
+            yield pb.InteractiveResponse(seq=0, started=started)
+            seq = 0
+            async for request in iterator:
+                seq += 1
+                yield await self._session_answer(context, session, request, seq)
+        finally:
+            self.sessions -= 1
+
+    async def _session_answer(
+        self,
+        context: grpc.aio.ServicerContext,
+        session: InteractiveSession,
+        request: pb.InteractiveRequest,
+        seq: int,
+    ) -> pb.InteractiveResponse:
+        start = time.perf_counter()
+        status = "OK"
+        try:
+            self._small(request)
+            answer = await session.apply(request)
+            out = pb.InteractiveResponse(seq=seq, masks=answer)
+        except ServiceError as exc:
+            status = exc.code
+            out = pb.InteractiveResponse(
+                seq=seq,
+                error=pb.SessionError(
+                    code=exc.code, message=exc.message, retry_after=exc.retry_after or 0
+                ),
+            )
+        except Exception as exc:
+            log.exception("unhandled error in an interactive session")
+            code, details, trailing = status_of(exc)
+            await context.abort(code, details, trailing_metadata=trailing)
+            raise
+        finally:
+            self.service.metrics.request_latency.labels(
+                f"/{SERVICE_NAME}/InteractiveSegment:step", "GRPC", status
+            ).observe(time.perf_counter() - start)
+        cur = session.current
+        out.num_points = len(cur.points) if cur else 0
+        out.has_box = bool(cur and cur.box is not None)
+        return out
+
+
+class GrpcServer:
+    """The aio server with its servicers; `start()`, `watch_health()`, `stop()`."""
+
+    def __init__(self, service: SegmentationService, settings: Settings, port: int) -> None:
+        self.service = service
+        self.settings = settings
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(
+            interceptors=[ApiKeyInterceptor(settings.api_key_values())],
+            options=[
+                ("grpc.max_receive_message_length", settings.max_body_bytes + ENVELOPE_BYTES),
+                ("grpc.max_send_message_length", MAX_SEND_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.servicer = SegmentationServicer(service, settings)
+        pb_grpc.add_SegmentationServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        bind = f"{_grpc_host(settings.http_host)}:{port}"
+        self.port = self.server.add_insecure_port(bind)
+        if not self.port:
+            raise RuntimeError(f"gRPC could not bind {bind}")
+        self._serving: bool | None = None
+
+    async def start(self) -> None:
+        await self._set_health(False)
+        await self.server.start()
+        log.info("gRPC listening on port %d", self.port)
+
+    async def _set_health(self, serving: bool) -> None:
+        if serving == self._serving:
+            return
+        self._serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def watch_health(self) -> None:
+        """Keep grpc.health.v1 in step with the core's readiness (loading, ready, draining)."""
+        while True:
+            await self._set_health(self.service.ready)
+            await asyncio.sleep(HEALTH_POLL_S)
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def _grpc_host(host: str) -> str:
+    return "[::]" if host in ("0.0.0.0", "::", "") else host
+
+
+async def serve_grpc(
+    service: SegmentationService, settings: Settings, port: int | None = None
+) -> None:
+    """Run the gRPC server until cancelled (the HTTP app's lifespan cancels it at shutdown,
+    after the drain); health is NOT_SERVING from the first cancellation on."""
+    server = GrpcServer(service, settings, settings.grpc_port if port is None else port)
+    await server.start()
+    try:
+        await server.watch_health()
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(server.stop(grace=min(5.0, settings.drain_seconds)))
+
+
+__all__ = ["ApiKeyInterceptor", "GrpcServer", "SegmentationServicer", "serve_grpc"]

@@ -1,0 +1,372 @@
+"""HTTP transport: FastAPI routes over `SegmentationService`, errors mapped through the one
+table in service.errors, plus one small ASGI middleware for body limits, API keys, metrics,
+the random-weights header and last-resort error answers."""
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.config import Settings
+from service.core import SegmentationService
+from service.errors import (
+    EmbeddingNotFound,
+    InvalidRequest,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RouteNotFound,
+    ServiceError,
+    Unauthenticated,
+    UnsupportedMediaType,
+    public_message,
+    spec_for,
+)
+from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from service.schemas import (
+    EmbedResult,
+    ErrorBody,
+    EverythingRequest,
+    EverythingResult,
+    Readiness,
+    SegmentRequest,
+    SegmentResult,
+)
+
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_HEADER = "x-edgesam-random-weights"
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# The web page's own files: a browser cannot send a key when it navigates; the page asks for
+# the key and sends it on the API calls.
+OPEN_PREFIXES = ("/static/",)
+
+
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path == "/" or path.startswith(OPEN_PREFIXES)
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
+ImageIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="sha256 hex")]
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": desc}
+    for status, desc in (
+        (400, "corrupt or truncated image"),
+        (401, "missing or wrong API key"),
+        (404, "embedding_not_found: embed the image again"),
+        (413, "body or image too large"),
+        (415, "not JPEG, PNG or WebP"),
+        (422, "invalid request or prompt"),
+        (503, "overloaded or not ready (Retry-After)"),
+    )
+}
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    spec = spec_for(exc)
+    headers = {}
+    retry_after = getattr(exc, "retry_after", None)
+    if spec.http_status == 503:
+        headers["Retry-After"] = str(int(retry_after or 1))
+    if spec.http_status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="edgesam"'
+    return JSONResponse(
+        {"code": spec.code, "message": public_message(exc)},
+        status_code=spec.http_status,
+        headers=headers,
+    )
+
+
+class EdgeSamMiddleware:
+    """Outermost layer: request metrics by route template, body-size limits, API keys
+    (constant-time compare), the random-weights header, and a JSON 500 for anything
+    unexpected (logged here with its traceback; the client never sees it)."""
+
+    def __init__(self, app: ASGIApp, service: SegmentationService) -> None:
+        self.app = app
+        self.service = service
+        s = service.settings
+        self.keys = s.api_key_values()
+        self.max_body = s.max_body_bytes
+        self.max_json = s.max_json_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status_holder = [500]
+        started = [False]
+        random_weights = self.service.random_weights
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                started[0] = True
+                status_holder[0] = message["status"]
+                if random_weights:
+                    headers = list(message.get("headers", []))
+                    headers.append((RANDOM_WEIGHTS_HEADER.encode(), b"true"))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            path = scope.get("path", "")
+            if self.keys and not _is_open(path) and not self._authorised(scope):
+                raise Unauthenticated(
+                    "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'"
+                )
+            limit = self.max_body if path == "/v1/embed" else self.max_json
+            length = _header(scope, b"content-length")
+            if length is not None:
+                try:
+                    declared = int(length)
+                except ValueError as exc:
+                    raise InvalidRequest("Content-Length is not a number") from exc
+                if declared > limit:
+                    raise PayloadTooLarge(
+                        f"the body has {declared} bytes; at most {limit} are accepted"
+                    )
+            await self.app(scope, _limited(receive, limit), send_wrapper)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if not isinstance(exc, ServiceError):
+                log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started[0]:
+                raise
+            await error_response(exc)(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            name = getattr(route, "path", None) or "unmatched"
+            self.service.metrics.request_latency.labels(
+                name, scope.get("method", ""), str(status_holder[0])
+            ).observe(time.perf_counter() - start)
+
+    def _authorised(self, scope: Scope) -> bool:
+        given = _header(scope, b"x-api-key")
+        auth = _header(scope, b"authorization")
+        if given is None and auth is not None and auth[:7].lower() == "bearer ":
+            given = auth[7:].strip()
+        if not given:
+            return False
+        candidate = given.encode()
+        ok = False
+        for key in self.keys:  # no early exit: every key is compared
+            ok |= hmac.compare_digest(candidate, key)
+        return ok
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """Counts streamed body bytes (chunked uploads have no Content-Length)."""
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise PayloadTooLarge(f"the body exceeds {limit} bytes")
+        return message
+
+    return wrapped
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return "the request is invalid"
+    first = errors[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        return "the body is not valid JSON"
+    if kind == "extra_forbidden":
+        return f"unknown field {loc!r}"
+    if kind == "missing":
+        return f"missing field {loc!r}"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{loc or 'body'}: {first.get('msg', 'invalid')}{more}"
+
+
+def create_app(
+    settings: Settings | None = None,
+    service: SegmentationService | None = None,
+    extra_servers: list[Callable[[SegmentationService], Awaitable[Any]]] | None = None,
+) -> FastAPI:
+    """The FastAPI app. `extra_servers` are coroutine factories started beside HTTP (the
+    gRPC server goes there) and cancelled at shutdown."""
+    settings = settings or Settings()
+    svc = service or SegmentationService(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(_start(svc), name="edgesam-model-start")]
+        tasks += [asyncio.create_task(factory(svc)) for factory in extra_servers or []]
+        app.state.background = tasks
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await svc.close()
+
+    app = FastAPI(
+        title="EdgeSAM segmentation service",
+        version="1.0",
+        description="Embed an image once (POST /v1/embed), then segment it with points and "
+        "boxes (POST /v1/segment) on any replica that shares the cache.",
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+    )
+    app.state.service = svc
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(InvalidRequest(_validation_message(exc)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, ServiceError):
+            return error_response(exc.__cause__)
+        if exc.status_code == 404:
+            return error_response(RouteNotFound("no such route"))
+        if exc.status_code == 405:
+            return error_response(MethodNotAllowed("method not allowed on this route"))
+        if exc.status_code == 413:
+            return error_response(PayloadTooLarge("the body is too large"))
+        return error_response(InvalidRequest(str(exc.detail)))
+
+    @app.post(
+        "/v1/embed",
+        response_model=EmbedResult,
+        summary="Compute (or find) an image's embedding",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    **{t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"file": {"type": "string", "format": "binary"}},
+                            "required": ["file"],
+                        }
+                    },
+                },
+            }
+        },
+    )
+    async def embed(request: Request) -> Response:
+        content_type = request.headers.get("content-type", "")
+        if content_type.lower().startswith("multipart/form-data"):
+            data, part_type = await _multipart_file(request, settings.max_body_bytes)
+        else:
+            media = content_type.split(";")[0].strip().lower()
+            if media not in IMAGE_TYPES:
+                raise UnsupportedMediaType(
+                    f"content type {media or 'none'!r} is not accepted; send image/jpeg, "
+                    "image/png or image/webp as the body, or a multipart file"
+                )
+            data, part_type = await request.body(), media
+        result = await svc.embed(data, part_type)
+        return Response(result.model_dump_json(), media_type="application/json")
+
+    @app.post("/v1/segment", response_model=SegmentResult, summary="Masks for prompts")
+    async def segment(body: SegmentRequest) -> Response:
+        result = await svc.segment(body)
+        return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
+
+    @app.post("/v1/everything", response_model=EverythingResult, summary="Everything mode")
+    async def everything(body: EverythingRequest) -> Response:
+        result = await svc.everything(body)
+        return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
+
+    @app.head("/v1/embeddings/{image_id}", summary="Is this embedding cached?")
+    async def head_embedding(image_id: ImageIdPath) -> Response:
+        return Response(status_code=200 if await svc.exists(image_id) else 404)
+
+    @app.delete("/v1/embeddings/{image_id}", status_code=204, summary="Forget an embedding")
+    async def delete_embedding(image_id: ImageIdPath) -> Response:
+        if not await svc.delete(image_id):
+            raise EmbeddingNotFound(f"no embedding for image_id {image_id}")
+        return Response(status_code=204)
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz", response_model=Readiness, summary="Readiness")
+    async def readyz() -> Response:
+        state = await svc.readiness()
+        return Response(
+            state.model_dump_json(),
+            status_code=200 if state.ready else 503,
+            media_type="application/json",
+            headers={} if state.ready else {"Retry-After": "2"},
+        )
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        sync = getattr(svc.encoder, "sync_metrics", None)
+        if sync is not None:
+            sync()
+        return Response(svc.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    try:  # the web page (service/web.py, its own owner) when it is part of the build
+        from service.web import mount_web
+    except ImportError:
+        mount_web = None
+    if mount_web is not None:
+        mount_web(app)
+    app.add_middleware(EdgeSamMiddleware, service=svc)
+    return app
+
+
+async def _multipart_file(request: Request, max_bytes: int) -> tuple[bytes, str]:
+    try:
+        form = await request.form(max_files=1, max_fields=8, max_part_size=max_bytes)
+    except PayloadTooLarge:
+        raise
+    except Exception as exc:  # malformed multipart bodies
+        if isinstance(exc.__cause__, ServiceError):
+            raise exc.__cause__ from exc
+        raise InvalidRequest(f"the multipart body could not be parsed: {exc}") from exc
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            uploads = [v for v in form.values() if isinstance(v, UploadFile)]
+            if not uploads:
+                raise InvalidRequest("the multipart body has no file part (name it 'file')")
+            upload = uploads[0]
+        data = await upload.read()
+        return data, (upload.content_type or "")
+    finally:
+        await form.close()
+
+
+async def _start(svc: SegmentationService) -> None:
+    try:
+        await svc.start()
+    except asyncio.CancelledError:
+        raise
+    except BaseException:  # start() logged it; readiness reports it
+        return

@@ -1,0 +1,87 @@
+"""Prometheus metrics, one registry per service instance (several may share a process)."""
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: N811
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_latency = Histogram(
+            "edgesam_request_duration_seconds",
+            "Request latency per route, method and status",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.encoder_batch_size = Histogram(
+            "edgesam_encoder_batch_size",
+            "Images per encoder call",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.encoder_latency = Histogram(
+            "edgesam_encoder_duration_seconds",
+            "Encoder call latency",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decoder_latency = Histogram(
+            "edgesam_decoder_duration_seconds",
+            "Decoder call latency",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "edgesam_cache_hits_total", "Cache hits", ["layer", "kind"], registry=r
+        )
+        self.cache_misses = Counter(
+            "edgesam_cache_misses_total", "Cache misses (all layers)", ["kind"], registry=r
+        )
+        self.cache_errors = Counter(
+            "edgesam_cache_errors_total",
+            "Redis errors and rejected cache entries",
+            ["operation", "reason"],
+            registry=r,
+        )
+        self.lru_bytes = Gauge(
+            "edgesam_lru_bytes", "Bytes held by the in-process cache", registry=r
+        )
+        self.redis_up = Gauge(
+            "edgesam_redis_up", "1 while Redis answers, 0 while degraded", registry=r
+        )
+        self.rejected = Counter(
+            "edgesam_rejected_total",
+            "Requests refused because a queue was full",
+            ["queue"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "edgesam_queue_depth", "Requests waiting or running", ["queue"], registry=r
+        )
+        self.ready = Gauge("edgesam_ready", "1 when ready to serve", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+__all__ = ["CONTENT_TYPE", "Metrics"]

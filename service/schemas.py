@@ -1,0 +1,133 @@
+"""Request and response models shared by every transport (no HTTP or gRPC types here).
+
+Structure is checked here (types, lengths, enums, unknown fields); checks that need the image
+(coordinates inside it, point counts against the configured limits) live in the core, so the
+HTTP and gRPC transports reject exactly the same prompts.
+"""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ImageId = Annotated[
+    str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the image bytes (hex)")
+]
+MaskId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="id of stored mask logits")]
+OutputFormat = Literal["rle", "png", "polygons"]
+Point = tuple[float, float]
+Box = tuple[float, float, float, float]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmbedResult(_Strict):
+    image_id: ImageId
+    width: int
+    height: int
+    cached: bool = Field(description="true when the embedding was already in the cache")
+    expires_in: int = Field(description="seconds until the cached embedding expires")
+
+
+class SegmentRequest(_Strict):
+    image_id: ImageId
+    points: list[Point] | None = Field(
+        None, description="[[x, y], ...] in original image pixels", max_length=4096
+    )
+    labels: list[Literal[0, 1]] | None = Field(
+        None, description="one per point: 1 foreground, 0 background", max_length=4096
+    )
+    box: Box | None = Field(None, description="[x0, y0, x1, y1] in original image pixels")
+    boxes: list[Box] | None = Field(
+        None, description="several boxes, one result each, decoded as one batch", max_length=1024
+    )
+    mask_input_id: MaskId | None = Field(
+        None, description="refine from a previous answer's mask_input_id"
+    )
+    num_masks: Literal[1, 3, 4] = Field(
+        1, description="1: the single-mask token; 3: the three multimask tokens; 4: all four"
+    )
+    output: list[OutputFormat] = Field(default_factory=lambda: ["rle"], min_length=1)
+
+
+class Rle(_Strict):
+    size: tuple[int, int] = Field(description="[height, width]")
+    counts: str = Field(description="COCO compressed RLE (pycocotools)")
+
+
+class MaskItem(_Strict):
+    prompt_index: int = Field(description="which prompt (box) this mask answers")
+    mask_index: int = Field(description="mask token index within the prompt's answer")
+    score: float = Field(description="predicted IoU")
+    stability_score: float
+    bbox: tuple[int, int, int, int] = Field(description="[x, y, width, height] in pixels")
+    area: int
+    rle: Rle | None = None
+    png: str | None = Field(None, description="base64 PNG, 0/255 greyscale")
+    polygons: list[list[float]] | None = Field(
+        None, description="outer contours, each [x0, y0, x1, y1, ...]"
+    )
+
+
+class SegmentResult(_Strict):
+    image_id: ImageId
+    width: int
+    height: int
+    masks: list[MaskItem]
+    mask_input_id: MaskId | None = Field(
+        None, description="the best mask of the first prompt, for the next refinement"
+    )
+    mask_input_ids: list[MaskId] = Field(
+        default_factory=list, description="the best mask of each prompt"
+    )
+
+
+class EverythingRequest(_Strict):
+    image_id: ImageId
+    points_per_side: int = Field(32, ge=1, le=64)
+    points_per_batch: int = Field(64, ge=1, le=256)
+    pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0)
+    stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0)
+    stability_score_offset: float = Field(1.0, gt=0.0, le=10.0)
+    box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0)
+    min_mask_region_area: int = Field(0, ge=0, le=10_000_000)
+    max_masks: int = Field(256, ge=1, le=4096, description="keep the largest-scoring N")
+    output: list[OutputFormat] = Field(default_factory=lambda: ["rle"], min_length=1)
+
+
+class EverythingMask(_Strict):
+    score: float
+    stability_score: float
+    bbox: tuple[int, int, int, int]
+    area: int
+    point: tuple[float, float] = Field(description="the grid point that produced the mask")
+    rle: Rle | None = None
+    png: str | None = None
+    polygons: list[list[float]] | None = None
+
+
+class EverythingResult(_Strict):
+    image_id: ImageId
+    width: int
+    height: int
+    masks: list[EverythingMask]
+
+
+class ErrorBody(_Strict):
+    code: str = Field(description="stable machine-readable error code")
+    message: str = Field(description="a sentence for humans")
+
+
+class ComponentStatus(_Strict):
+    status: Literal["ok", "degraded", "down", "loading", "disabled"]
+    detail: str | None = None
+
+
+class Readiness(_Strict):
+    ready: bool
+    status: Literal["ok", "degraded", "loading", "draining", "failed"]
+    model: ComponentStatus
+    cache: ComponentStatus
+    random_weights: bool
+    backend: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,44 @@
+"""The interactive web page: static files in service/static/, served at / and /static/.
+
+The page talks only to the public HTTP API (relative URLs, so it also works behind a path
+prefix); nothing here knows about the engine or the cache.
+"""
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The page is plain files; a short cache keeps reloads fast without pinning old versions.
+CACHE_CONTROL = "no-cache"
+# The page itself needs no API key (a browser cannot send one when it navigates); the key is
+# asked for by the page and sent on the API calls only.
+PUBLIC_PATHS = frozenset({"/"})
+PUBLIC_PREFIXES = ("/static/",)
+
+
+def is_public_path(path: str) -> bool:
+    """True for the page's own files, which the API-key check should let through."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def mount_web(app: FastAPI) -> None:
+    """Serve GET / (index.html) and GET /static/* from service/static/."""
+    index = STATIC_DIR / "index.html"
+
+    @app.get("/", include_in_schema=False)
+    async def web_index() -> FileResponse:
+        return FileResponse(index, media_type="text/html", headers={"Cache-Control": CACHE_CONTROL})
+
+    app.mount("/static", _Static(directory=STATIC_DIR), name="static")
+
+
+class _Static(StaticFiles):
+    """StaticFiles with revalidation on every load (ETag / Last-Modified still apply)."""
+
+    def file_response(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = CACHE_CONTROL
+        return response

@@ -1,0 +1,180 @@
+"""TensorRT backend logic that needs no GPU: cache keys, engine files, profiles, bindings."""
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from engine.backends.base import BackendError, BackendUnavailable
+from engine.backends.tensorrt_backend import (
+    TensorRTBackend,
+    onnx_input_specs,
+    tensorrt_available,
+)
+from engine.backends.trt_logic import (
+    EngineKey,
+    ForeignEngineError,
+    ProfileSpec,
+    StaleEngineError,
+    TensorSpec,
+    build_profile,
+    check_engine_key,
+    check_feeds,
+    dim_ranges,
+    dtype_name,
+    key_differences,
+    read_engine_file,
+    split_batches,
+    write_engine_file,
+)
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def make_key(**changes: object) -> EngineKey:
+    base = EngineKey(
+        fingerprint="abc123",
+        tensorrt_version="10.3.0",
+        gpu_name="NVIDIA H100 80GB HBM3",
+        compute_capability="9.0",
+        precision="fp16",
+        profiles={
+            "encoder": {"image": [[1, 3, 1024, 1024], [4, 3, 1024, 1024], [8, 3, 1024, 1024]]}
+        },
+        onnx_digests={"encoder": "e1", "decoder": "d1"},
+    )
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"fingerprint": "other"},
+        {"tensorrt_version": "10.4.0"},
+        {"gpu_name": "NVIDIA L4"},
+        {"compute_capability": "8.9"},
+        {"precision": "fp32"},
+        {"profiles": {"encoder": {"image": [[1, 3, 1024, 1024]] * 3}}},
+        {"onnx_digests": {"encoder": "e2", "decoder": "d1"}},
+    ],
+)
+def test_every_key_field_changes_the_digest(change: dict) -> None:
+    assert make_key().digest() != make_key(**change).digest()
+
+
+def test_key_is_deterministic_and_names_the_file() -> None:
+    assert make_key().digest() == make_key().digest()
+    name = make_key().file_name("edge_sam_3x")
+    assert name.startswith("edge_sam_3x-fp16-nvidia-h100-80gb-hbm3-sm90-trt10.3.0-")
+    assert name.endswith(make_key().digest() + ".engine")
+
+
+def test_engine_file_round_trip(tmp_path: Path) -> None:
+    path = write_engine_file(
+        tmp_path / "a.engine", make_key(), {"encoder": b"E" * 10, "decoder": b"DD"}
+    )
+    key, parts = read_engine_file(path)
+    assert key == make_key()
+    assert parts == {"encoder": b"E" * 10, "decoder": b"DD"}
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically
+
+
+def test_foreign_and_damaged_files_are_refused(tmp_path: Path) -> None:
+    raw = tmp_path / "raw.plan"
+    raw.write_bytes(b"\x00" * 64)
+    with pytest.raises(ForeignEngineError, match="not an EdgeSAM engine file"):
+        read_engine_file(raw)
+    good = write_engine_file(tmp_path / "g.engine", make_key(), {"encoder": b"E" * 100})
+    cut = tmp_path / "cut.engine"
+    cut.write_bytes(good.read_bytes()[:-10])
+    with pytest.raises(ForeignEngineError, match="damaged"):
+        read_engine_file(cut)
+    with pytest.raises(BackendError, match="not found"):
+        read_engine_file(tmp_path / "missing.engine")
+
+
+def test_stale_engine_is_refused_naming_the_difference() -> None:
+    check_engine_key("x.engine", make_key(), make_key())
+    with pytest.raises(StaleEngineError) as err:
+        check_engine_key(
+            "x.engine", make_key(), make_key(gpu_name="NVIDIA L4", tensorrt_version="10.4")
+        )
+    text = str(err.value)
+    assert "gpu_name" in text and "NVIDIA L4" in text and "tensorrt_version" in text
+    assert "rebuild" in text
+    assert len(key_differences(make_key(), make_key(precision="fp32"))) == 1
+
+
+def test_profiles_from_our_onnx_export(exported: dict) -> None:
+    spec = ProfileSpec(max_batch=8, max_prompts=32, max_points=10, opt_points=3)
+    enc = build_profile(onnx_input_specs(exported["encoder"]), dim_ranges("encoder", spec))
+    assert enc == {"image": ((1, 3, 1024, 1024), (4, 3, 1024, 1024), (8, 3, 1024, 1024))}
+    dec = build_profile(onnx_input_specs(exported["decoder"]), dim_ranges("decoder", spec))
+    assert dec["point_coords"] == ((1, 1, 2), (1, 3, 2), (32, 10, 2))
+    assert dec["point_labels"] == ((1, 1), (1, 3), (32, 10))
+    assert dec["image_embeddings"] == ((1, 256, 64, 64), (1, 256, 64, 64), (32, 256, 64, 64))
+    assert dec["mask_input"][2] == (32, 1, 256, 256)
+    assert dec["has_mask_input"] == ((1,), (1,), (1,))
+
+
+def test_profile_errors() -> None:
+    inputs = [TensorSpec("x", (-1, 3)), TensorSpec("y", (2,))]
+    with pytest.raises(ValueError, match="no profile range"):
+        build_profile(inputs, {})
+    with pytest.raises(ValueError, match="static"):
+        build_profile(inputs, {"x": {0: (1, 1, 2)}, "y": {0: (1, 1, 2)}})
+    with pytest.raises(ValueError, match="lacks"):
+        build_profile(inputs, {"x": {0: (1, 1, 2)}, "z": {0: (1, 1, 1)}})
+    with pytest.raises(ValueError, match="min <= opt <= max"):
+        build_profile(inputs, {"x": {0: (2, 1, 4)}})
+    with pytest.raises(ValueError):
+        ProfileSpec(max_batch=4, opt_batch=8)
+    with pytest.raises(ValueError):
+        dim_ranges("neck", ProfileSpec())
+
+
+@pytest.mark.parametrize(("max_batch", "opt"), [(1, 1), (2, 1), (8, 4), (32, 16), (12, 4)])
+def test_default_opt_batch(max_batch: int, opt: int) -> None:
+    assert ProfileSpec(max_batch=max_batch).encoder_opt_batch == opt
+
+
+def test_binding_checks() -> None:
+    inputs = [TensorSpec("image", (-1, 3, 1024, 1024))]
+    profile = {"image": ((1, 3, 1024, 1024), (2, 3, 1024, 1024), (4, 3, 1024, 1024))}
+    assert check_feeds(inputs, {"image": (3, 3, 1024, 1024)}, profile) == ["image"]
+    with pytest.raises(ValueError, match=r"outside the engine's profile \[1, 4\]"):
+        check_feeds(inputs, {"image": (5, 3, 1024, 1024)}, profile)
+    with pytest.raises(ValueError, match="axis 2"):
+        check_feeds(inputs, {"image": (1, 3, 512, 1024)}, profile)
+    with pytest.raises(ValueError, match="rank"):
+        check_feeds(inputs, {"image": (1, 3, 1024)}, profile)
+    with pytest.raises(ValueError, match="missing"):
+        check_feeds(inputs, {}, profile)
+    with pytest.raises(ValueError, match="unexpected"):
+        check_feeds(inputs, {"image": (1, 3, 1024, 1024), "x": (1,)}, profile)
+
+
+def test_split_batches_and_dtypes() -> None:
+    assert split_batches(5, 2) == [(0, 2), (2, 4), (4, 5)]
+    assert split_batches(0, 8) == []
+    assert dtype_name("DataType.FLOAT") == "float32"
+    assert dtype_name("DataType.HALF") == "float16"
+    with pytest.raises(BackendError):
+        dtype_name("DataType.FP8")
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
+def test_without_tensorrt_the_backend_is_unavailable(exported: dict) -> None:
+    assert tensorrt_available() is False
+    with pytest.raises(BackendUnavailable, match="TensorRT is not installed"):
+        TensorRTBackend.from_path(exported["encoder"], device="cuda:0")
+    with pytest.raises(BackendUnavailable):
+        TensorRTBackend.from_path(exported["encoder"], device="cpu")
+
+
+def test_official_onnx_is_refused_for_tensorrt(case_a_onnx_dir: Path) -> None:
+    from engine.backends.tensorrt_backend import _read_onnx_pair
+
+    with pytest.raises(BackendError, match="not one of our ONNX exports"):
+        _read_onnx_pair(case_a_onnx_dir / "edge_sam_case_a_encoder.onnx", None)

@@ -1,0 +1,108 @@
+import base64
+import io
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from service import codecs
+from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
+
+
+def _encode(image: np.ndarray, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    "fmt,ctype", [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp")]
+)
+def test_decodes_the_three_formats(image: np.ndarray, fmt: str, ctype: str) -> None:
+    data = _encode(image, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    out = codecs.decode_image(data, ctype, 10_000)
+    assert out.shape == (30, 40, 3) and out.dtype == np.uint8
+    if fmt != "JPEG":
+        np.testing.assert_array_equal(out, image)
+
+
+def test_exif_orientation_is_applied(image: np.ndarray) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = _encode(image, "JPEG", exif=exif.tobytes())
+    out = codecs.decode_image(data, "image/jpeg", 10_000)
+    assert out.shape == (40, 30, 3)
+
+
+def test_other_formats_are_415(image: np.ndarray) -> None:
+    with pytest.raises(UnsupportedMediaType):
+        codecs.decode_image(_encode(image, "GIF"), None, 10_000)
+    with pytest.raises(UnsupportedMediaType):
+        codecs.decode_image(_encode(image, "PNG"), "image/gif", 10_000)
+    with pytest.raises(UnsupportedMediaType):
+        codecs.decode_image(b"%PDF-1.4 not an image", None, 10_000)
+
+
+def test_truncated_and_corrupt_images(image: np.ndarray) -> None:
+    data = _encode(image, "PNG")
+    with pytest.raises(InvalidImage):
+        codecs.decode_image(data[: len(data) // 2], "image/png", 10_000)
+    with pytest.raises(InvalidImage):
+        codecs.decode_image(b"", "image/png", 10_000)
+    corrupt = bytearray(_encode(image, "JPEG"))
+    corrupt[200:] = b"\x00" * (len(corrupt) - 200)
+    with pytest.raises(InvalidImage):
+        codecs.decode_image(bytes(corrupt)[:300], "image/jpeg", 10_000)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        body = kind + payload
+        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_pixel_limit_and_bombs_are_refused_before_decoding() -> None:
+    with pytest.raises(ImageTooLarge):
+        codecs.decode_image(_png_header_only(100, 101), "image/png", 100 * 100)
+    # A decompression bomb: tiny file, 60000x60000 pixels declared.
+    with pytest.raises(ImageTooLarge):
+        codecs.decode_image(_png_header_only(60_000, 60_000), "image/png", 10**12)
+
+
+def test_rle_is_readable_by_pycocotools() -> None:
+    mask = np.zeros((20, 30), dtype=bool)
+    mask[3:9, 5:17] = True
+    rle = codecs.mask_to_rle(mask)
+    assert rle["size"] == [20, 30] and isinstance(rle["counts"], str)
+    decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+    np.testing.assert_array_equal(decoded.astype(bool), mask)
+    np.testing.assert_array_equal(codecs.rle_to_mask(rle), mask)
+
+
+def test_png_polygons_bbox_area() -> None:
+    mask = np.zeros((20, 30), dtype=bool)
+    mask[3:9, 5:17] = True
+    out = codecs.encode_mask(mask, ["rle", "png", "polygons"])
+    assert out["bbox"] == (5, 3, 12, 6)
+    assert out["area"] == 72
+    png = cv2.imdecode(np.frombuffer(base64.b64decode(out["png"]), np.uint8), 0)
+    np.testing.assert_array_equal(png > 0, mask)
+    assert len(out["polygons"]) == 1
+    xs = out["polygons"][0][0::2]
+    ys = out["polygons"][0][1::2]
+    assert (min(xs), max(xs), min(ys), max(ys)) == (5, 16, 3, 8)
+    assert codecs.mask_bbox(np.zeros((4, 4), bool)) == (0, 0, 0, 0)
+    assert "png" not in codecs.encode_mask(mask, ["rle"])

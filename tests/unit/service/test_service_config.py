@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.config import Settings
+
+
+def test_defaults_work_on_a_laptop(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("EDGESAM_HTTP_PORT", "EDGESAM_GRPC_PORT", "EDGESAM_REDIS_URL", "EDGESAM_API_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings()
+    assert s.http_port == 8000
+    assert s.grpc_port == 50051
+    assert s.redis_url is None
+    assert s.api_keys == []
+    assert s.role == "all"
+    assert s.drain_seconds == 20
+    assert s.backend == "torch"
+
+
+def test_contract_names_are_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "edge_sam.pth"
+    ckpt.write_bytes(b"x")
+    monkeypatch.setenv("EDGESAM_CHECKPOINT", str(ckpt))
+    monkeypatch.setenv("EDGESAM_HTTP_PORT", "9001")
+    monkeypatch.setenv("EDGESAM_GRPC_PORT", "9002")
+    monkeypatch.setenv("EDGESAM_REDIS_URL", "redis://example:6379/1")
+    monkeypatch.setenv("EDGESAM_BACKEND", "onnxruntime")
+    monkeypatch.setenv("EDGESAM_API_KEYS", "key-one-123, key-two-456")
+    s = Settings()
+    assert s.checkpoint == ckpt
+    assert s.resolved_checkpoint() == ckpt
+    assert (s.http_port, s.grpc_port) == (9001, 9002)
+    assert s.redis_url == "redis://example:6379/1"
+    assert s.backend == "onnxruntime"
+    assert s.api_key_values() == [b"key-one-123", b"key-two-456"]
+    assert "key-one" not in repr(s)  # secrets are not printed
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"EDGESAM_HTTP_PORT": "0"},
+        {"EDGESAM_HTTP_PORT": "eighty"},
+        {"EDGESAM_BACKEND": "cuda-magic"},
+        {"EDGESAM_REDIS_URL": "http://localhost"},
+        {"EDGESAM_API_KEYS": "short"},
+        {"EDGESAM_CHECKPOINT": "/nonexistent/edge_sam.pth"},
+        {"EDGESAM_ROLE": "both"},
+        {"EDGESAM_HTTP_PORT": "7000", "EDGESAM_GRPC_PORT": "7000"},
+        {"EDGESAM_CACHE_TTL_SECONDS": "0"},
+        {"EDGESAM_PRECISION": "fp16", "EDGESAM_DEVICE": "cpu"},
+    ],
+)
+def test_bad_values_fail_fast(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_empty_redis_url_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGESAM_REDIS_URL", "")
+    assert Settings().redis_url is None
+
+
+def test_downloaded_checkpoint_is_found(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("EDGESAM_CHECKPOINT", raising=False)
+    monkeypatch.setenv("EDGESAM_WEIGHTS_DIR", str(tmp_path))
+    assert Settings().resolved_checkpoint() is None
+    (tmp_path / "edge_sam.pth").write_bytes(b"x")
+    assert Settings().resolved_checkpoint() == tmp_path / "edge_sam.pth"

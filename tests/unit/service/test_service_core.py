@@ -1,0 +1,103 @@
+import asyncio
+
+import numpy as np
+import pytest
+
+from service.config import Settings
+from service.core import BoundedExecutor, SegmentationService, validate_prompts
+from service.errors import InvalidPrompt, NotReady, Overloaded
+from service.fake_backend import FakeBackend
+from service.metrics import Metrics
+from service.schemas import SegmentRequest
+from tests.integration.conftest import png_bytes
+
+IMG = "a" * 64
+SIZE = (100, 200)  # h, w
+
+
+def _req(**kw: object) -> SegmentRequest:
+    return SegmentRequest(image_id=IMG, **kw)  # type: ignore[arg-type]
+
+
+def test_valid_prompts_pass_through() -> None:
+    pts, labels, boxes = validate_prompts(
+        _req(points=[[0, 0], [200, 100]], labels=[1, 0], box=[1, 2, 30, 40]), SIZE, 8, 8
+    )
+    assert pts is not None and pts.shape == (2, 2)
+    assert labels is not None and labels.tolist() == [1, 0]
+    assert boxes is not None and boxes.tolist() == [[1, 2, 30, 40]]
+    _, _, many = validate_prompts(_req(boxes=[[1, 2, 3, 4], [5, 6, 7, 8]]), SIZE, 8, 8)
+    assert many is not None and many.shape == (2, 4)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({}, "at least one prompt"),
+        ({"points": [[1, 1]]}, "together"),
+        ({"points": [[1, 1]], "labels": [1, 0]}, "one label per point"),
+        ({"points": [[float("nan"), 1]], "labels": [1]}, "finite"),
+        ({"points": [[float("inf"), 1]], "labels": [1]}, "finite"),
+        ({"points": [[201, 1]], "labels": [1]}, "outside"),
+        ({"points": [[-1, 1]], "labels": [1]}, "outside"),
+        ({"points": [[1, 1]] * 9, "labels": [1] * 9}, "at most 8"),
+        ({"box": [50, 10, 20, 40]}, "inverted"),
+        ({"box": [10, 40, 20, 40]}, "inverted"),
+        ({"box": [10, 10, 20, 400]}, "outside"),
+        ({"box": [1, 2, 3, 4], "boxes": [[1, 2, 3, 4]]}, "not both"),
+        ({"boxes": []}, "empty"),
+        ({"boxes": [[1, 2, 3, 4]] * 9}, "at most 8"),
+    ],
+)
+def test_bad_prompts_are_refused(kw: dict, match: str) -> None:
+    with pytest.raises(InvalidPrompt, match=match):
+        validate_prompts(_req(**kw), SIZE, 8, 8)
+
+
+def test_bounded_executor_refuses_when_full() -> None:
+    async def run() -> None:
+        pool = BoundedExecutor("t", 1, 2, Metrics(), 3)
+        import time
+
+        jobs = [asyncio.ensure_future(pool.run(time.sleep, 0.2)) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded) as info:
+            await pool.run(time.sleep, 0)
+        assert info.value.retry_after == 3
+        await asyncio.gather(*jobs)
+        await pool.run(time.sleep, 0)  # room again
+        pool.shutdown()
+
+    asyncio.run(run())
+
+
+def test_concurrent_embeds_of_one_image_run_the_encoder_once() -> None:
+    async def run() -> None:
+        backend = FakeBackend(encode_delay_s=0.3)
+        svc = SegmentationService(Settings(grpc_port=0), backend=backend, random_weights=False)
+        with pytest.raises(NotReady):
+            await svc.embed(b"x", "image/png")
+        await svc.start()
+        calls_after_warmup = backend.encode_calls
+        data = png_bytes(np.full((20, 30, 3), 7, np.uint8))
+        results = await asyncio.gather(*(svc.embed(data, "image/png") for _ in range(5)))
+        assert backend.encode_calls - calls_after_warmup == 1
+        assert len({r.image_id for r in results}) == 1
+        assert sum(not r.cached for r in results) == 1
+        assert (results[0].width, results[0].height) == (30, 20)
+        again = await svc.embed(data, "image/png")
+        assert again.cached and backend.encode_calls - calls_after_warmup == 1
+        await svc.close()
+
+    asyncio.run(run())
+
+
+def test_start_refuses_without_weights(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("EDGESAM_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.delenv("EDGESAM_CHECKPOINT", raising=False)
+    svc = SegmentationService(Settings(grpc_port=0))
+    assert svc.random_weights
+    with pytest.raises(SystemExit, match="service.weights download"):
+        svc.check_startable()
+    allowed = SegmentationService(Settings(grpc_port=0, allow_random_weights=True))
+    allowed.check_startable()
