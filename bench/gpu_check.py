@@ -171,6 +171,11 @@ def main() -> int:
         help="skip remaining sections after this many seconds",
     )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--dry-run-cpu",
+        action="store_true",
+        help="exercise the script's plumbing on the CPU (fp32 only, batch 1; figures meaningless)",
+    )
     args = parser.parse_args()
     case_a = ROOT.parent / "shared" / "reference" / "case_a" / "weights.safetensors"
     weights = args.weights or (case_a if case_a.is_file() else None)
@@ -198,7 +203,7 @@ def main() -> int:
         env["bf16_supported"] = torch.cuda.is_bf16_supported()
     REPORT["environment"] = env
     log(json.dumps(env))
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not args.dry_run_cpu:
         REPORT["errors"]["cuda"] = "torch sees no CUDA device: nothing to measure"  # type: ignore[index]
         write_report()
         return 1
@@ -208,10 +213,18 @@ def main() -> int:
     from engine.backends.torch_backend import TorchBackend
 
     model = build_model(weights)
-    dev = "cuda:0"
-    sync = torch.cuda.synchronize
+    dev = "cpu" if args.dry_run_cpu else "cuda:0"
+    sync = (lambda: None) if args.dry_run_cpu else torch.cuda.synchronize
+    if args.dry_run_cpu:
+        args.batch_sizes = [1]
+
+    def reps(warmup: int, runs: int) -> tuple[int, int]:
+        return (0, 1) if args.dry_run_cpu else (warmup, runs)
+
     run = lambda name: section(name, args.budget_s)  # noqa: E731
     precisions = ["fp32", "fp16"] + (["bf16"] if env.get("bf16_supported") else [])
+    if args.dry_run_cpu:
+        precisions = ["fp32"]
     backends: dict[str, TorchBackend] = {}
 
     @run("load")
@@ -232,7 +245,7 @@ def main() -> int:
         for p, backend in backends.items():
             for bs, x in inputs.items():
                 runs = 10 if bs == 1 else 5 if bs <= 8 else 3
-                ms = bench(lambda b=backend, x=x: b.encode(x), sync, 2, runs)
+                ms = bench(lambda b=backend, x=x: b.encode(x), sync, *reps(2, runs))
                 out[f"{p}_b{bs}"] = {
                     "latency_ms": round(ms, 2),
                     "images_per_s": round(bs * 1e3 / ms, 1),
@@ -245,7 +258,7 @@ def main() -> int:
         eager = TorchBackend(model, device=dev, precision="fp32", optimize=False)
         out = {}
         for bs in [b for b in args.batch_sizes if b <= 8]:
-            ms = bench(lambda x=inputs[bs]: eager.encode(x), sync, 2, 5)
+            ms = bench(lambda x=inputs[bs]: eager.encode(x), sync, *reps(2, 5))
             out[f"eager_fp32_b{bs}"] = {
                 "latency_ms": round(ms, 2),
                 "images_per_s": round(bs * 1e3 / ms, 1),
@@ -281,18 +294,22 @@ def main() -> int:
         for n in (1, 16, 64):
             coords = torch.rand((n, 2, 2)) * 1024
             labels = torch.tensor([[1, -1]] * n)
-            ms = bench(lambda c=coords, lb=labels: backends["fp32"].decode(emb, c, lb), sync, 3, 10)
+            ms = bench(
+                lambda c=coords, lb=labels: backends["fp32"].decode(emb, c, lb), sync, *reps(3, 10)
+            )
             out[f"prompts_{n}"] = {"latency_ms": round(ms, 2)}
             log(f"  decode {n} prompts: {ms:.2f} ms")
         return out
 
     @run("cuda_graph_fp16_b1")
     def _graph() -> dict:
+        if args.dry_run_cpu:
+            return {"skipped": "dry run on the CPU"}
         backend = backends["fp16"]
         enc = backend._encoder
         static = inputs[min(inputs)][:1].half().contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            plain = bench(lambda: enc(static), sync, 3, 20)
+            plain = bench(lambda: enc(static), sync, *reps(3, 20))
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
@@ -302,7 +319,7 @@ def main() -> int:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 static_out = enc(static)
-            replay = bench(graph.replay, sync, 3, 20)
+            replay = bench(graph.replay, sync, *reps(3, 20))
             diff = float((static_out.float() - enc(static).float()).abs().max())
         log(f"  fp16 b1 device-only: eager {plain:.2f} ms, CUDA graph {replay:.2f} ms")
         return {

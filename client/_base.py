@@ -48,7 +48,7 @@ def everything_fields(image_id: str, outputs: Outputs, params: dict[str, Any]) -
 class SyncClient:
     """embed / segment / everything / sessions, blocking. Use as a context manager."""
 
-    def __init__(self, retry: RetryPolicy | None = None, memory: ImageMemory | None = None):
+    def __init__(self, retry: RetryPolicy | None = None, memory: ImageMemory | None = None) -> None:
         self.retry = retry or RetryPolicy()
         self.memory = memory or ImageMemory()
 
@@ -219,7 +219,7 @@ class EmulatedSession(Session):
     """A session over unary segment calls (HTTP): prompts accumulate client-side and each
     answer's mask_input_id refines the next one."""
 
-    def __init__(self, client: SyncClient, image_id: str, num_masks: int, outputs: Outputs):
+    def __init__(self, client: SyncClient, image_id: str, num_masks: int, outputs: Outputs) -> None:
         self.client = client
         self.image_id = image_id
         self.num_masks = num_masks
@@ -249,7 +249,7 @@ class EmulatedSession(Session):
 class AsyncClient:
     """The same operations as SyncClient, awaitable."""
 
-    def __init__(self, retry: RetryPolicy | None = None, memory: ImageMemory | None = None):
+    def __init__(self, retry: RetryPolicy | None = None, memory: ImageMemory | None = None) -> None:
         self.retry = retry or RetryPolicy()
         self.memory = memory or ImageMemory()
 
@@ -381,7 +381,9 @@ class AsyncSession:
 
 
 class AsyncEmulatedSession(AsyncSession):
-    def __init__(self, client: AsyncClient, image_id: str, num_masks: int, outputs: Outputs):
+    def __init__(
+        self, client: AsyncClient, image_id: str, num_masks: int, outputs: Outputs
+    ) -> None:
         self.client = client
         self.image_id = image_id
         self.num_masks = num_masks

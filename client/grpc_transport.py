@@ -51,8 +51,21 @@ STATUS_CODES = {
 
 
 def channel_target(target: str) -> str:
-    """grpc://host:port -> host:port; other targets (dns:///..., host:port) as given."""
-    return target[len("grpc://") :] if target.startswith("grpc://") else target
+    """grpc://host:port and grpcs://host:port -> host:port; other targets (dns:///...,
+    host:port) as given."""
+    for scheme in ("grpc://", "grpcs://"):
+        if target.startswith(scheme):
+            return target[len(scheme) :]
+    return target
+
+
+def open_channel(target: str, aio: bool = False) -> Any:
+    """A channel to `target`: TLS (system roots) for grpcs://, plaintext otherwise."""
+    module = grpc.aio if aio else grpc
+    if target.startswith("grpcs://"):
+        creds = grpc.ssl_channel_credentials()
+        return module.secure_channel(channel_target(target), creds, options=channel_options())
+    return module.insecure_channel(channel_target(target), options=channel_options())
 
 
 def channel_options() -> list[tuple[str, Any]]:
@@ -147,7 +160,8 @@ def start_message(
 
 
 class GrpcClient(SyncClient):
-    """Blocking client of edgesam.v1 at `target` (grpc://host:50051, host:port, dns:///...)."""
+    """Blocking client of edgesam.v1 at `target`: grpc://host:50051 (plaintext),
+    grpcs://host:443 (TLS), or any gRPC target (host:port, dns:///host:50051)."""
 
     def __init__(
         self,
@@ -161,9 +175,7 @@ class GrpcClient(SyncClient):
         super().__init__(retry, memory)
         self.timeout = timeout
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        self.channel = channel or grpc.insecure_channel(
-            channel_target(target), options=channel_options()
-        )
+        self.channel = channel or open_channel(target)
         self.stub = pb_grpc.SegmentationStub(self.channel)
 
     def _unary(self, method: Any, request: Any) -> Any:
@@ -290,7 +302,7 @@ class AsyncGrpcClient(AsyncClient):
         memory: ImageMemory | None = None,
     ) -> None:
         super().__init__(retry, memory)
-        self.target = channel_target(target)
+        self.target = target
         self.timeout = timeout
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self._channel: grpc.aio.Channel | None = None
@@ -299,7 +311,7 @@ class AsyncGrpcClient(AsyncClient):
     @property
     def stub(self) -> pb_grpc.SegmentationStub:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=channel_options())
+            self._channel = open_channel(self.target, aio=True)
             self._stub = pb_grpc.SegmentationStub(self._channel)
         return self._stub
 

@@ -34,7 +34,7 @@ from torch import nn
 from engine.modeling import EdgeSam
 
 FORMAT_NAME = "edgesam-serve"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 DEFAULT_OPSET = 17
 ENCODER_INPUTS = ("image",)
 ENCODER_OUTPUTS = ("image_embeddings",)
@@ -63,14 +63,44 @@ def stability_scores_float(logits: torch.Tensor, offset: float = STABILITY_OFFSE
     return torch.where(union > 0, inter / union.clamp(min=1.0), torch.zeros_like(union))
 
 
-class EncoderForExport(nn.Module):
-    """The re-parameterised image encoder: Bx3x1024x1024 -> Bx256x64x64."""
+class MatrixUpsample2x(nn.Module):
+    """x2 upsampling of a fixed-size map as two matrix products (rows, then columns).
 
-    def __init__(self, model: EdgeSam) -> None:
+    Bilinear and bicubic resizing with align_corners=False are separable and linear, so
+    `R @ x @ R.T` with R = the 1-D resize of an identity equals F.interpolate to float
+    rounding (border clamping included). ONNX Runtime's cubic Resize kernel is slow on the CPU
+    (~15% of the encoder); two small MatMuls cost almost nothing."""
+
+    def __init__(self, conv: nn.Module, size: int, mode: str) -> None:
+        super().__init__()
+        self.conv = conv
+        eye = torch.eye(size, dtype=torch.float64)[None, None]
+        resize = torch.nn.functional.interpolate(
+            eye, size=(2 * size, size), mode=mode, align_corners=False
+        )[0, 0]
+        self.register_buffer("rows", resize.float(), False)
+        self.register_buffer("cols", resize.T.contiguous().float(), False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rows @ self.conv(x) @ self.cols
+
+
+class EncoderForExport(nn.Module):
+    """The re-parameterised image encoder: Bx3x1024x1024 -> Bx256x64x64.
+
+    upsample="matmul" (default) writes the stage-3 upsampling as matrix products; "resize"
+    keeps ONNX Resize (cubic, a=-0.75, half_pixel for bicubic)."""
+
+    def __init__(self, model: EdgeSam, upsample: str = "matmul") -> None:
         super().__init__()
         from engine.fusion import fuse_encoder
 
+        if upsample not in ("matmul", "resize"):
+            raise ValueError("upsample must be matmul or resize")
         self.encoder = fuse_encoder(model.image_encoder).eval()
+        if upsample == "matmul":
+            stage3 = self.encoder.fuse_stage3
+            self.encoder.fuse_stage3 = MatrixUpsample2x(stage3.op_list[0], 32, stage3.upsample_mode)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.encoder(image)
@@ -157,9 +187,11 @@ def _export(
         )
 
 
-def export_encoder(model: EdgeSam, path: Path, opset: int = DEFAULT_OPSET) -> None:
-    """Write the encoder with a dynamic batch axis."""
-    module = EncoderForExport(model)
+def export_encoder(
+    model: EdgeSam, path: Path, opset: int = DEFAULT_OPSET, upsample: str = "matmul"
+) -> None:
+    """Write the encoder with a dynamic batch axis (1024x1024 input: stage 3 is 32x32)."""
+    module = EncoderForExport(model, upsample)
     example = torch.zeros((1, 3, 1024, 1024))
     _export(
         module,
@@ -202,6 +234,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     progress: Progress = _quiet,
     source: str = "",
+    upsample: str = "matmul",
 ) -> OnnxPair:
     """Write `<name>_encoder.onnx` and `<name>_decoder.onnx` into out_dir (fp32).
 
@@ -217,13 +250,14 @@ def export_onnx(
         "edgesam.fingerprint": fingerprint,
         "edgesam.upsample_mode": model.image_encoder.fuse_stage3.upsample_mode,
         "edgesam.opset": str(opset),
+        "edgesam.upsample_export": upsample,
         "edgesam.source": source,
         "edgesam.torch": torch.__version__,
     }
     enc_path, dec_path = out / f"{name}_encoder.onnx", out / f"{name}_decoder.onnx"
     start = time.perf_counter()
     progress(f"exporting encoder (opset {opset}, dynamic batch) -> {enc_path}")
-    export_encoder(model, enc_path, opset)
+    export_encoder(model, enc_path, opset, upsample)
     _add_metadata(enc_path, {**meta, "edgesam.role": "encoder"})
     progress(
         f"  done in {time.perf_counter() - start:.1f}s ({enc_path.stat().st_size / 1e6:.1f} MB)"
@@ -301,6 +335,7 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
         args.opset,
         _print,
         source=Path(args.checkpoint).name if args.checkpoint else "random",
+        upsample=args.upsample_export,
     )
     if args.verify:
         _print("[3/3] verifying with ONNX Runtime")
@@ -353,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     onnx_p.add_argument("--name", default="edge_sam", help="file name stem")
     onnx_p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     onnx_p.add_argument("--upsample-mode", choices=("bicubic", "bilinear"), default="bicubic")
+    onnx_p.add_argument(
+        "--upsample-export",
+        choices=("matmul", "resize"),
+        default="matmul",
+        help="stage-3 upsampling as two MatMuls (fast) or an ONNX Resize node",
+    )
     onnx_p.add_argument("--seed", type=int, default=0, help="seed for random weights")
     onnx_p.add_argument(
         "--no-verify",

@@ -35,7 +35,7 @@ def _kinds() -> dict[str, type[ServiceError]]:
     stack: list[type[ServiceError]] = [ServiceError]
     while stack:
         cls = stack.pop()
-        found.setdefault(cls.kind, cls)
+        found[cls.kind] = cls  # subclasses come later and win over ServiceError
         stack.extend(cls.__subclasses__())
     return found
 

@@ -361,8 +361,12 @@ async def serve_grpc(
 ) -> None:
     """Run the gRPC server until cancelled (the HTTP app's lifespan cancels it at shutdown,
     after the drain); health is NOT_SERVING from the first cancellation on."""
-    server = GrpcServer(service, settings, settings.grpc_port if port is None else port)
-    await server.start()
+    try:
+        server = GrpcServer(service, settings, settings.grpc_port if port is None else port)
+        await server.start()
+    except Exception:
+        log.exception("the gRPC server could not start (EDGESAM_GRPC_PORT=%s)", settings.grpc_port)
+        raise
     try:
         await server.watch_health()
     finally:

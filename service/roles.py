@@ -190,6 +190,8 @@ def apply_role(service: SegmentationService, settings: Settings) -> Segmentation
         service.forwarder.bind(service)
     if settings.role == "decoder" and not settings.redis_url:
         log.warning("EDGESAM_ROLE=decoder without EDGESAM_REDIS_URL: no cache is shared")
+    if settings.role == "encoder" and not settings.grpc_port:
+        log.warning("EDGESAM_ROLE=encoder with EDGESAM_GRPC_PORT=0: decoders cannot reach it")
     log.info("role: %s", settings.role)
     return service
 

@@ -371,7 +371,7 @@ class TensorRTBackend(Backend):
     ) -> TensorRTBackend:
         """An `.engine` file (checked, never rebuilt), our `_encoder.onnx` (built or taken from
         the cache), or a .pth/.safetensors checkpoint (exported to ONNX once, then built)."""
-        if device == "cpu":
+        if str(device).partition(":")[0] != "cuda":
             raise BackendUnavailable("the TensorRT backend needs a cuda device")
         _import_trt()
         if path is not None and Path(path).suffix in (".engine", ".plan"):

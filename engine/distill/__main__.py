@@ -73,8 +73,13 @@ STEP_HELP = {
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file (defaults: the official values)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one value, e.g. --set optim.base_lr=0.05 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one value, e.g. --set optim.base_lr=0.05 (repeatable)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--data-root", help="= data.root")
     p.add_argument("--image-size", type=int, help="= data.image_size")
@@ -84,7 +89,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m engine.distill", description=__doc__,
+        prog="python -m engine.distill",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -108,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     short, long = STEP_HELP["evaluate"]
     p = sub.add_parser("evaluate", help=short, description=long)
-    p.add_argument("--model", required=True, help="model file (.pth / .safetensors, official layout)")
+    p.add_argument(
+        "--model", required=True, help="model file (.pth / .safetensors, official layout)"
+    )
     p.add_argument("--format", choices=["sa1b", "coco"], default="sa1b")
     p.add_argument("--data-root", required=True, help="SA-1B folder, or COCO image folder")
     p.add_argument("--split", default=None, help="SA-1B split folder (e.g. val)")
@@ -118,8 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-iters", type=int, default=3)
     p.add_argument("--point-from", choices=["mask-center", "annotation"], default="mask-center")
     p.add_argument("--max-prompts", type=int, default=64, help="per image (0: all)")
-    p.add_argument("--output", choices=["single", "score"], default="single",
-                   help="token 0, or the best-scored of the 3 multimask tokens")
+    p.add_argument(
+        "--output",
+        choices=["single", "score"],
+        default="single",
+        help="token 0, or the best-scored of the 3 multimask tokens",
+    )
     p.add_argument("--image-size", type=int, default=1024)
     p.add_argument("--priors", help="checkpoint with fpn.*/rpn_head.* (point prompts get a box)")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
@@ -149,10 +161,17 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
     sets = list(args.set)
     mapping = {
-        "data_root": "data.root", "image_size": "data.image_size", "batch_size": "batch_size",
-        "sam_checkpoint": "sam_checkpoint", "output": "output", "teacher": "teacher",
-        "output_dir": "output_dir", "epochs": "epochs", "embeddings": "embeddings",
-        "phase1_checkpoint": "phase1_checkpoint", "model_checkpoint": "model_checkpoint",
+        "data_root": "data.root",
+        "image_size": "data.image_size",
+        "batch_size": "batch_size",
+        "sam_checkpoint": "sam_checkpoint",
+        "output": "output",
+        "teacher": "teacher",
+        "output_dir": "output_dir",
+        "epochs": "epochs",
+        "embeddings": "embeddings",
+        "phase1_checkpoint": "phase1_checkpoint",
+        "model_checkpoint": "model_checkpoint",
     }
     for attr, key in mapping.items():
         value = getattr(args, attr, None)
@@ -180,11 +199,16 @@ def run_embed(cfg: Any) -> int:
         logging.info("rank %d: %d of %d images to embed", env.rank, len(todo), len(records))
         if todo:
             teacher = load_teacher(cfg.sam_checkpoint, cfg.teacher, d.image_size, env.device)
-            loader = DataLoader(DistillDataset(todo, d.image_size), cfg.batch_size,
-                                num_workers=d.num_workers, collate_fn=collate)
+            loader = DataLoader(
+                DistillDataset(todo, d.image_size),
+                cfg.batch_size,
+                num_workers=d.num_workers,
+                collate_fn=collate,
+            )
             amp = torch.float16 if cfg.amp and env.device.type == "cuda" else None
-            compute_embeddings(teacher, loader, writer, env.device, amp,
-                               cfg.progress and env.is_main, len(todo))
+            compute_embeddings(
+                teacher, loader, writer, env.device, amp, cfg.progress and env.is_main, len(todo)
+            )
     if env.world > 1:
         import torch.distributed as dist
 
@@ -221,14 +245,24 @@ def run_evaluate(args: argparse.Namespace) -> int:
     root = args.data_root
     records = make_records(args.format, root, args.split, args.ann_file, args.limit)
     results = []
-    for prompt in (["box", "point"] if args.prompt == "both" else [args.prompt]):
-        settings = EvalSettings(prompt, args.refine_iters, args.point_from,
-                                args.max_prompts or None, args.output)
-        res = evaluate_records(model, records, args.image_size, settings, args.device,
-                               priors if prompt == "point" else None, progress=True)
+    for prompt in ["box", "point"] if args.prompt == "both" else [args.prompt]:
+        settings = EvalSettings(
+            prompt, args.refine_iters, args.point_from, args.max_prompts or None, args.output
+        )
+        res = evaluate_records(
+            model,
+            records,
+            args.image_size,
+            settings,
+            args.device,
+            priors if prompt == "point" else None,
+            progress=True,
+        )
         results.append(res)
         cells = "  ".join(f"+{i}: {v:.2f}" for i, v in enumerate(res["miou"]))
-        print(f"{prompt:5s} mIoU  {cells}   ({res['num_prompts']} prompts, {res['num_images']} images)")
+        print(
+            f"{prompt:5s} mIoU  {cells}   ({res['num_prompts']} prompts, {res['num_images']} images)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
@@ -236,8 +270,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if args.step in ("embed", "phase1", "phase2", "priors"):
         cfg = resolve_config(args)
         if args.print_config:

@@ -85,14 +85,22 @@ class RunConfig(Strict):
 
 def _phase1_optim() -> OptimConfig:
     return OptimConfig(
-        base_lr=1.0e-1, min_lr=5e-6, warmup_lr=5e-7, warmup_epochs=5, weight_decay=0.01,
+        base_lr=1.0e-1,
+        min_lr=5e-6,
+        warmup_lr=5e-7,
+        warmup_epochs=5,
+        weight_decay=0.01,
         clip_grad=5.0,
     )
 
 
 def _phase2_optim() -> OptimConfig:
     return OptimConfig(
-        base_lr=3.2e-3, min_lr=3.2e-4, warmup_lr=3.2e-5, warmup_epochs=0, weight_decay=0.05,
+        base_lr=3.2e-3,
+        min_lr=3.2e-4,
+        warmup_lr=3.2e-5,
+        warmup_epochs=0,
+        weight_decay=0.05,
         clip_grad=0.01,
     )
 
@@ -134,7 +142,7 @@ class EmbedConfig(Strict):
     """Teacher-embedding precompute (configs/teacher/sam_vit_huge_sa1b.yaml)."""
 
     data: DataConfig = Field(default_factory=DataConfig)
-    teacher: Literal["vit_b", "vit_l", "vit_h"] = "vit_h"
+    teacher: Literal["vit_b", "vit_l", "vit_h", "vit_tiny"] = "vit_h"  # vit_tiny: tests
     sam_checkpoint: str = "weights/sam_vit_h_4b8939.pth"
     output: str = "teacher_embed/sa-1b"
     batch_size: int = Field(8, ge=1)
@@ -150,8 +158,13 @@ class PriorsConfig(RunConfig):
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(
         default_factory=lambda: OptimConfig(
-            base_lr=1e-3, min_lr=1e-5, warmup_lr=1e-6, warmup_epochs=0, weight_decay=1e-4,
-            clip_grad=10.0, lr_scale_batch=None,
+            base_lr=1e-3,
+            min_lr=1e-5,
+            warmup_lr=1e-6,
+            warmup_epochs=0,
+            weight_decay=1e-4,
+            clip_grad=10.0,
+            lr_scale_batch=None,
         )
     )
     epochs: int = Field(12, ge=1)
@@ -188,7 +201,9 @@ def set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
-def load_config(step: str, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+def load_config(
+    step: str, path: str | Path | None = None, overrides: list[str] | None = None
+) -> Any:
     """Build the validated config of `step` from defaults, an optional YAML file and
     `key.sub=value` overrides."""
     raw: dict[str, Any] = CONFIGS[step]().model_dump(mode="json")

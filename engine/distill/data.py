@@ -38,7 +38,9 @@ def resized_hw(h: int, w: int, long_side: int) -> tuple[int, int]:
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
-def preprocess_image(image: np.ndarray, image_size: int = 1024) -> tuple[torch.Tensor, tuple[int, int]]:
+def preprocess_image(
+    image: np.ndarray, image_size: int = 1024
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """uint8 RGB HxWx3 -> (normalised, zero-padded 3xSxS float32, (h, w) before padding)."""
     x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float()[None]
     h, w = resized_hw(x.shape[-2], x.shape[-1], image_size)
@@ -120,7 +122,9 @@ class ImageRecord:
         return list(data.get("annotations", []))
 
 
-def sa1b_records(root: str | Path, split: str | None = None, limit: int | None = None) -> list[ImageRecord]:
+def sa1b_records(
+    root: str | Path, split: str | None = None, limit: int | None = None
+) -> list[ImageRecord]:
     """Images of an SA-1B-layout folder, sorted by stem (the official glob is unsorted).
 
     Accepts `root/images/<split>/*.jpg` with `root/annotations/<split>/*.json` (the official
@@ -146,7 +150,9 @@ def sa1b_records(root: str | Path, split: str | None = None, limit: int | None =
     return records
 
 
-def coco_records(ann_file: str | Path, image_dir: str | Path, limit: int | None = None) -> list[ImageRecord]:
+def coco_records(
+    ann_file: str | Path, image_dir: str | Path, limit: int | None = None
+) -> list[ImageRecord]:
     """Images of a COCO-format instances json that have at least one non-crowd annotation."""
     data = json.loads(Path(ann_file).read_text())
     by_image: dict[int, list[dict]] = {}
@@ -160,14 +166,19 @@ def coco_records(ann_file: str | Path, image_dir: str | Path, limit: int | None 
         if not anns:
             continue
         path = Path(image_dir) / img["file_name"]
-        records.append(ImageRecord(Path(img["file_name"]).stem, path, None, anns, img["height"], img["width"]))
+        records.append(
+            ImageRecord(Path(img["file_name"]).stem, path, None, anns, img["height"], img["width"])
+        )
         if limit is not None and len(records) >= limit:
             break
     return records
 
 
 def make_records(
-    fmt: str, root: str | Path, split: str | None = None, ann_file: str | Path | None = None,
+    fmt: str,
+    root: str | Path,
+    split: str | None = None,
+    ann_file: str | Path | None = None,
     limit: int | None = None,
 ) -> list[ImageRecord]:
     """Records of an 'sa1b' folder or a 'coco' dataset (`ann_file` + image folder `root`)."""
@@ -245,7 +256,10 @@ class DistillDataset(Dataset):
         rgb = load_rgb(rec.image_path)
         image, input_hw = preprocess_image(rgb, self.image_size)
         item: dict[str, Any] = {
-            "key": rec.key, "image": image, "input_hw": input_hw, "orig_hw": rgb.shape[:2],
+            "key": rec.key,
+            "image": image,
+            "input_hw": input_hw,
+            "orig_hw": rgb.shape[:2],
         }
         if self.embeddings is not None:
             item["teacher"] = self.embeddings.get(rec.key)
@@ -265,8 +279,18 @@ class DistillDataset(Dataset):
             gen = torch.Generator().manual_seed(seed)
             pick = torch.randint(len(anns), (self.max_prompts,), generator=gen).tolist()
             anns = [anns[i] for i in pick]
-        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                           a["bbox"][1] + a["bbox"][3]] for a in anns], dtype=np.float64)
+        boxes = np.array(
+            [
+                [
+                    a["bbox"][0],
+                    a["bbox"][1],
+                    a["bbox"][0] + a["bbox"][2],
+                    a["bbox"][1] + a["bbox"][3],
+                ]
+                for a in anns
+            ],
+            dtype=np.float64,
+        )
         points = np.array([self._point(a, orig_hw) for a in anns], dtype=np.float64)
         boxes = scale_xy(boxes.reshape(-1, 2, 2), orig_hw, input_hw).reshape(-1, 4)
         points = scale_xy(points, orig_hw, input_hw)
@@ -309,7 +333,12 @@ class ShardedShuffleSampler(Sampler[int]):
     """
 
     def __init__(
-        self, size: int, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True,
+        self,
+        size: int,
+        rank: int = 0,
+        world: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
         reshuffle: bool = True,
     ) -> None:
         self.size, self.rank, self.world = size, rank, world

@@ -83,8 +83,12 @@ class EmbeddingWriter:
     """Append-only writer for one rank; skips keys that any rank already stored."""
 
     def __init__(
-        self, root: str | Path, shape: tuple[int, int, int], rank: int = 0,
-        meta: dict | None = None, shard_records: int = SHARD_RECORDS,
+        self,
+        root: str | Path,
+        shape: tuple[int, int, int],
+        rank: int = 0,
+        meta: dict | None = None,
+        shard_records: int = SHARD_RECORDS,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -97,7 +101,9 @@ class EmbeddingWriter:
         if meta_path.is_file():
             old = json.loads(meta_path.read_text())
             if list(old["shape"]) != list(self.shape):
-                raise ValueError(f"{self.root} holds embeddings of shape {old['shape']}, not {self.shape}")
+                raise ValueError(
+                    f"{self.root} holds embeddings of shape {old['shape']}, not {self.shape}"
+                )
         elif rank == 0:
             tmp = meta_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(info, indent=1))
@@ -130,7 +136,9 @@ class EmbeddingWriter:
         if key in self.done:
             return False
         if tuple(embedding.shape) != self.shape:
-            raise ValueError(f"embedding of {key} has shape {tuple(embedding.shape)}, expected {self.shape}")
+            raise ValueError(
+                f"embedding of {key} has shape {tuple(embedding.shape)}, expected {self.shape}"
+            )
         shard, row = divmod(self.count, self.shard_records)
         if shard != self._shard_id:
             if self._shard_file is not None:

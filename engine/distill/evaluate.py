@@ -57,8 +57,9 @@ def load_model(path: str | Path, image_size: int = 1024, device: str = "cpu") ->
     return model.to(device).eval()
 
 
-def postprocess(logits: torch.Tensor, input_hw: tuple[int, int], orig_hw: tuple[int, int],
-                image_size: int) -> torch.Tensor:
+def postprocess(
+    logits: torch.Tensor, input_hw: tuple[int, int], orig_hw: tuple[int, int], image_size: int
+) -> torch.Tensor:
     """Low-res logits Px1xLxL -> logits at the original size PxHxW."""
     x = F.interpolate(logits, (image_size, image_size), mode="bilinear", align_corners=False)
     x = x[..., : input_hw[0], : input_hw[1]]
@@ -77,6 +78,32 @@ def _pick(logits: torch.Tensor, iou: torch.Tensor, output: str) -> torch.Tensor:
         return logits[:, :1]
     best = iou[:, 1:4].argmax(1) + 1
     return logits[torch.arange(len(best)), best][:, None]
+
+
+def _masks(
+    model: nn.Module,
+    emb: torch.Tensor,
+    pts: torch.Tensor,
+    lbs: torch.Tensor,
+    boxes: torch.Tensor | None,
+    has: torch.Tensor | None,
+    idx: torch.Tensor,
+    s: EvalSettings,
+    frame: tuple[tuple[int, int], tuple[int, int], int],
+) -> torch.Tensor:
+    """Masks at the original size (bool) for the prompts `idx`: points pts/lbs (PxNx2, PxN),
+    boxes Px4 or None; `has` marks point prompts whose prior box exists."""
+    bx = boxes[idx] if boxes is not None else None
+    if has is not None:
+        coords, labels = merge_prompts((pts[idx], lbs[idx]), bx)
+        labels = labels.clone()
+        labels[~has[idx], -2:] = -1  # no proposal holds the point: the box slots are padding
+    else:
+        coords, labels = merge_prompts((pts[idx], lbs[idx]) if pts.shape[1] else None, bx)
+    device = emb.device
+    logits, iou = decode_prompts(model, emb, coords.to(device), labels.to(device))
+    input_hw, orig_hw, image_size = frame
+    return postprocess(_pick(logits, iou, s.output), input_hw, orig_hw, image_size).cpu() > 0
 
 
 @torch.no_grad()
@@ -108,7 +135,9 @@ def evaluate_records(
         if s.max_prompts and len(anns) > s.max_prompts:
             gen = torch.Generator().manual_seed(n)
             anns = [anns[i] for i in torch.randint(len(anns), (s.max_prompts,), generator=gen)]
-        gts = torch.from_numpy(np.stack([decode_segmentation(a["segmentation"], *orig_hw) for a in anns]))
+        gts = torch.from_numpy(
+            np.stack([decode_segmentation(a["segmentation"], *orig_hw) for a in anns])
+        )
         if priors is not None:
             from engine.distill.priors import encode_with_priors
 
@@ -120,7 +149,9 @@ def evaluate_records(
         if s.prompt == "box":
             xywh = np.array([a["bbox"] for a in anns], dtype=np.float64)
             xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-            boxes = torch.from_numpy(scale_xy(xyxy.reshape(-1, 2, 2), orig_hw, input_hw).reshape(-1, 4)).float()
+            boxes = torch.from_numpy(
+                scale_xy(xyxy.reshape(-1, 2, 2), orig_hw, input_hw).reshape(-1, 4)
+            ).float()
             pts = torch.zeros(len(anns), 0, 2)
             lbs = torch.zeros(len(anns), 0, dtype=torch.long)
         else:
@@ -128,7 +159,9 @@ def evaluate_records(
                 first = [a["point_coords"][0] for a in anns]
             else:
                 first = [mask_center(g.numpy()) for g in gts]
-            pts = torch.from_numpy(scale_xy(np.array(first, dtype=np.float64), orig_hw, input_hw)).float()[:, None]
+            pts = torch.from_numpy(
+                scale_xy(np.array(first, dtype=np.float64), orig_hw, input_hw)
+            ).float()[:, None]
             lbs = torch.ones(len(anns), 1, dtype=torch.long)
             if proposals is not None:
                 from engine.distill.priors import prior_boxes_for_points
@@ -139,18 +172,8 @@ def evaluate_records(
 
         has = has if (s.prompt == "point" and boxes is not None) else None
 
-        def run(pts: torch.Tensor, lbs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            bx = boxes[idx] if boxes is not None else None
-            if has is not None:
-                coords, labels = merge_prompts((pts[idx], lbs[idx]), bx)
-                labels = labels.clone()
-                labels[~has[idx], -2:] = -1  # no proposal holds the point: box slots are padding
-            else:
-                coords, labels = merge_prompts((pts[idx], lbs[idx]) if pts.shape[1] else None, bx)
-            logits, iou = decode_prompts(model, emb, coords.to(device), labels.to(device))
-            return postprocess(_pick(logits, iou, s.output), input_hw, orig_hw, image_size).cpu() > 0
-
-        pred = run(pts, lbs, torch.arange(len(anns)))
+        frame = (input_hw, orig_hw, image_size)
+        pred = _masks(model, emb, pts, lbs, boxes, has, torch.arange(len(anns)), s, frame)
         ious[0].extend(mask_iou(pred, gts).tolist())
         for it in range(1, s.refine_iters + 1):
             new_xy, new_lb, redo = [], [], []
@@ -163,7 +186,9 @@ def evaluate_records(
                     continue
                 j = int(err[rng.integers(len(err))])
                 r, c = divmod(j, orig_hw[1])
-                new_xy.append(tuple(scale_xy(np.array([c, r], dtype=np.float64), orig_hw, input_hw)))
+                new_xy.append(
+                    tuple(scale_xy(np.array([c, r], dtype=np.float64), orig_hw, input_hw))
+                )
                 new_lb.append(int(fn.flatten()[j]))
                 redo.append(i)
             pts = torch.cat([pts, torch.tensor(new_xy, dtype=torch.float32)[:, None]], 1)
@@ -171,7 +196,14 @@ def evaluate_records(
             if redo:
                 idx = torch.tensor(redo)
                 pred = pred.clone()
-                pred[idx] = run(pts, lbs, idx)
+                pred[idx] = _masks(model, emb, pts, lbs, boxes, has, idx, s, frame)
             ious[it].extend(mask_iou(pred, gts).tolist())
-    miou = [float(np.nanmean(v) * 100) if v and not np.all(np.isnan(v)) else float("nan") for v in ious]
-    return {"prompt": s.prompt, "miou": miou, "num_prompts": len(ious[0]), "num_images": len(records)}
+    miou = [
+        float(np.nanmean(v) * 100) if v and not np.all(np.isnan(v)) else float("nan") for v in ious
+    ]
+    return {
+        "prompt": s.prompt,
+        "miou": miou,
+        "num_prompts": len(ious[0]),
+        "num_images": len(records),
+    }

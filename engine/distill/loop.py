@@ -101,8 +101,12 @@ def prompt_in_the_loop(
                 xy, lb = [], []
                 for _ in range(s.points_per_refine):
                     c, label = correction_points(
-                        s_out[rows, best] > 0, t_out[rows, best] > 0, hard_valid,
-                        generator, s.min_error_pixels, stride,
+                        s_out[rows, best] > 0,
+                        t_out[rows, best] > 0,
+                        hard_valid,
+                        generator,
+                        s.min_error_pixels,
+                        stride,
                     )
                     xy.append(c)
                     lb.append(label)
@@ -148,6 +152,15 @@ class Phase2Net(nn.Module):
         low_res = 4 * emb.shape[-1]
         valid = valid_map(input_hw, images.shape[-1], low_res).to(dev)[owner]
         return prompt_in_the_loop(
-            self.student, self.teacher, emb, teacher_emb.to(dev), owner, bx, pt, valid, use_box,
-            self.settings, generator,
+            self.student,
+            self.teacher,
+            emb,
+            teacher_emb.to(dev),
+            owner,
+            bx,
+            pt,
+            valid,
+            use_box,
+            self.settings,
+            generator,
         )

@@ -92,15 +92,19 @@ def read_training_or_flat(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def official_state_dict(
-    student: EdgeSam, sam_state: Mapping[str, torch.Tensor] | None = None, encoder_only: bool = False
+    student: EdgeSam,
+    sam_state: Mapping[str, torch.Tensor] | None = None,
+    encoder_only: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The flat EdgeSAM checkpoint layout (what the official convert_weights.py writes).
 
     `encoder_only`: take only `image_encoder.*` from the student and the prompt encoder and
     mask decoder from `sam_state` (SAM ViT-H's), as after phase 1.
     """
-    state = {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
-             for k, v in student.state_dict().items()}
+    state = {
+        k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
+        for k, v in student.state_dict().items()
+    }
     if encoder_only and sam_state is not None:
         for k, v in sam_state.items():
             if k.startswith(("prompt_encoder.", "mask_decoder.")) and k in state:

@@ -12,8 +12,8 @@ from torch import nn
 from engine.checkpoint import read_state_dict
 from engine.distill.config import Phase1Config, Phase2Config
 from engine.distill.data import valid_map
-from engine.distill.losses import masked_mse
 from engine.distill.loop import LoopSettings, Phase2Net
+from engine.distill.losses import masked_mse
 from engine.distill.model import (
     PromptDecoder,
     build_student,
@@ -57,7 +57,9 @@ class Phase1Task(Task):
     def module(self) -> nn.Module:
         return self.student.image_encoder
 
-    def step(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def step(
+        self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         emb = model(batch["image"])
         size = batch["image"].shape[-1]
         valid = valid_map(batch["input_hw"], size, emb.shape[-1]).to(emb.device) > 0.5
@@ -86,7 +88,9 @@ class Phase2Task(Task):
 
     def __init__(self, cfg: Phase2Config, env: DistEnv) -> None:
         if not cfg.sam_checkpoint:
-            raise ValueError("phase 2 needs sam_checkpoint (the teacher's prompt encoder and mask decoder)")
+            raise ValueError(
+                "phase 2 needs sam_checkpoint (the teacher's prompt encoder and mask decoder)"
+            )
         self.cfg = cfg
         size = cfg.data.image_size
         student = build_student(size, cfg.upsample_mode)
@@ -95,9 +99,11 @@ class Phase2Task(Task):
         else:
             log.warning("no phase1_checkpoint: the student encoder starts from random weights")
         sam = load_sam_prompt_decoder(cfg.sam_checkpoint)
-        missing = set(student.state_dict()) - set(sam) - {
-            k for k in student.state_dict() if k.startswith("image_encoder.")
-        }
+        missing = (
+            set(student.state_dict())
+            - set(sam)
+            - {k for k in student.state_dict() if k.startswith("image_encoder.")}
+        )
         if missing:
             raise ValueError(f"{cfg.sam_checkpoint} lacks {sorted(missing)[:5]}")
         student.load_state_dict(sam, strict=False)
@@ -111,21 +117,32 @@ class Phase2Task(Task):
         self.student = student.to(env.device)
         self.teacher = teacher.to(env.device)
         settings = LoopSettings(
-            decode_iters=cfg.decode_iters, multimask_outputs=cfg.multimask_outputs,
-            multimask_on_box=cfg.multimask_on_box, iter_on_box=cfg.iter_on_box,
-            points_per_refine=cfg.points_per_refine, min_error_pixels=cfg.min_error_pixels,
-            bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight,
+            decode_iters=cfg.decode_iters,
+            multimask_outputs=cfg.multimask_outputs,
+            multimask_on_box=cfg.multimask_on_box,
+            iter_on_box=cfg.iter_on_box,
+            points_per_refine=cfg.points_per_refine,
+            min_error_pixels=cfg.min_error_pixels,
+            bce_weight=cfg.bce_weight,
+            dice_weight=cfg.dice_weight,
         )
         self.net = Phase2Net(self.student, self.teacher, settings)
 
     def module(self) -> nn.Module:
         return self.net
 
-    def step(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def step(
+        self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         use_box = bool(torch.rand((), generator=generator) < self.cfg.box_prob)
         out = model(
-            batch["image"], batch["teacher"], batch["boxes"], batch["points"], batch["input_hw"],
-            use_box, generator,
+            batch["image"],
+            batch["teacher"],
+            batch["boxes"],
+            batch["points"],
+            batch["input_hw"],
+            use_box,
+            generator,
         )
         stats = {k: v for k, v in out.items() if k in ("loss", "bce", "dice")}
         stats["box"] = torch.tensor(float(use_box))

@@ -35,7 +35,9 @@ class PriorFPN(nn.Module):
     def __init__(self, in_channels: tuple[int, ...] = STAGE_CHANNELS, channels: int = 96) -> None:
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
-        self.output = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels)
+        self.output = nn.ModuleList(
+            nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels
+        )
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         lat = [conv(f) for conv, f in zip(self.lateral, feats, strict=True)]
@@ -50,8 +52,12 @@ class PriorHead(nn.Module):
     def __init__(self, channels: int = 96, levels: int = 3) -> None:
         super().__init__()
         self.tower = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(8, channels), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(8, channels), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(8, channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(8, channels),
+            nn.ReLU(),
         )
         self.cls = nn.Conv2d(channels, 1, 3, padding=1)
         self.reg = nn.Conv2d(channels, 4, 3, padding=1)
@@ -75,7 +81,9 @@ class GranularityPriors(nn.Module):
         self.fpn = PriorFPN(STAGE_CHANNELS, channels)
         self.rpn_head = PriorHead(channels, len(STAGES))
 
-    def forward(self, stages: dict[str, torch.Tensor], image_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def forward(
+        self, stages: dict[str, torch.Tensor], image_size: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         feats = self.fpn([stages[k] for k in STAGES])
         out = []
         for (logit, dist), f in zip(self.rpn_head(feats), feats, strict=True):
@@ -94,10 +102,14 @@ def grid_centers(h: int, w: int, stride: float, device: torch.device) -> torch.T
     return torch.stack([xx.flatten(), yy.flatten()], -1)
 
 
-def encode_stages(encoder: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def encode_stages(
+    encoder: nn.Module, images: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """RepViTEncoder -> (embedding Bx256xExE, stage maps), in one backbone pass."""
     stages = encoder.forward_stages(images)
-    emb = encoder.neck(encoder.fuse_stage2(stages["stage2"]) + encoder.fuse_stage3(stages["stage3"]))
+    emb = encoder.neck(
+        encoder.fuse_stage2(stages["stage2"]) + encoder.fuse_stage3(stages["stage3"])
+    )
     return emb, stages
 
 
@@ -127,7 +139,12 @@ def prior_boxes_for_points(
     if boxes.numel() == 0:
         return points.new_zeros(p, 4), torch.zeros(p, dtype=torch.bool, device=points.device)
     px, py = points[:, 0:1], points[:, 1:2]
-    inside = (boxes[None, :, 0] < px) & (px < boxes[None, :, 2]) & (boxes[None, :, 1] < py) & (py < boxes[None, :, 3])
+    inside = (
+        (boxes[None, :, 0] < px)
+        & (px < boxes[None, :, 2])
+        & (boxes[None, :, 1] < py)
+        & (py < boxes[None, :, 3])
+    )
     centers = (boxes[:, :2] + boxes[:, 2:]) / 2
     dist = torch.cdist(points.float(), centers.float())
     dist = torch.where(inside, dist, torch.full_like(dist, float("inf")))
@@ -141,7 +158,9 @@ def prior_boxes_for_points(
 # --------------------------------------------------------------------------- training
 
 
-def sigmoid_focal(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+def sigmoid_focal(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
     p = logits.sigmoid()
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     pt = p * target + (1 - p) * (1 - target)
@@ -158,7 +177,9 @@ def giou_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     area_g = (gt[:, 2:] - gt[:, :2]).clamp(min=0).prod(1)
     union = area_p + area_g - inter
     iou = inter / union.clamp(min=1e-6)
-    hull = (torch.max(pred[:, 2:], gt[:, 2:]) - torch.min(pred[:, :2], gt[:, :2])).clamp(min=0).prod(1)
+    hull = (
+        (torch.max(pred[:, 2:], gt[:, 2:]) - torch.min(pred[:, :2], gt[:, :2])).clamp(min=0).prod(1)
+    )
     return (1 - iou + (hull - union) / hull.clamp(min=1e-6)).sum()
 
 
@@ -169,9 +190,13 @@ def assign_targets(
     contains it and whose largest side distance lies in (lo, hi]. Returns pos N and box idx N."""
     if gt.numel() == 0:
         n = centers.shape[0]
-        return torch.zeros(n, dtype=torch.bool, device=centers.device), torch.zeros(n, dtype=torch.long, device=centers.device)
+        return torch.zeros(n, dtype=torch.bool, device=centers.device), torch.zeros(
+            n, dtype=torch.long, device=centers.device
+        )
     x, y = centers[:, 0:1], centers[:, 1:2]
-    ltrb = torch.stack([x - gt[None, :, 0], y - gt[None, :, 1], gt[None, :, 2] - x, gt[None, :, 3] - y], -1)
+    ltrb = torch.stack(
+        [x - gt[None, :, 0], y - gt[None, :, 1], gt[None, :, 2] - x, gt[None, :, 3] - y], -1
+    )
     inside = ltrb.min(-1).values > 0
     reach = ltrb.max(-1).values
     ok = inside & (reach > lo) & (reach <= hi)
@@ -182,7 +207,9 @@ def assign_targets(
 
 
 def priors_loss(
-    levels: list[tuple[torch.Tensor, torch.Tensor]], gt_boxes: list[torch.Tensor], image_size: int,
+    levels: list[tuple[torch.Tensor, torch.Tensor]],
+    gt_boxes: list[torch.Tensor],
+    image_size: int,
     strides: list[float],
 ) -> dict[str, torch.Tensor]:
     """Focal objectness loss + GIoU box loss, normalised by the number of positives."""
@@ -228,7 +255,9 @@ class PriorsTask(Task):
     def module(self) -> nn.Module:
         return self.priors
 
-    def step(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def step(
+        self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         images = batch["image"]
         with torch.no_grad():
             _, stages = encode_stages(self.model.image_encoder, images)

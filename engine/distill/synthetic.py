@@ -18,8 +18,13 @@ def _rle(mask: np.ndarray) -> dict:
 
 
 def make_sa1b(
-    root: str | Path, num_images: int = 4, height: int = 192, width: int = 256,
-    shapes: int = 3, split: str = "train", seed: int = 0,
+    root: str | Path,
+    num_images: int = 4,
+    height: int = 192,
+    width: int = 256,
+    shapes: int = 3,
+    split: str = "train",
+    seed: int = 0,
 ) -> Path:
     """Write `num_images` images with `shapes` coloured rectangles/ellipses each, and SA-1B
     jsons (COCO RLE masks, xywh boxes, one point per mask) under root/images|annotations/split.
@@ -61,11 +66,18 @@ def make_sa1b(
             from engine.distill.data import mask_center
 
             px, py = mask_center(mask)
-            records.append({
-                "id": n * 100 + i, "segmentation": _rle(mask), "bbox": [x0, y0, bw, bh],
-                "area": int(mask.sum()), "predicted_iou": 1.0, "stability_score": 1.0,
-                "crop_box": [0, 0, width, height], "point_coords": [[px, py]],
-            })
+            records.append(
+                {
+                    "id": n * 100 + i,
+                    "segmentation": _rle(mask),
+                    "bbox": [x0, y0, bw, bh],
+                    "area": int(mask.sum()),
+                    "predicted_iou": 1.0,
+                    "stability_score": 1.0,
+                    "crop_box": [0, 0, width, height],
+                    "point_coords": [[px, py]],
+                }
+            )
         stem = f"sa_{n + 1:06d}"
         Image.fromarray(image).save(img_dir / f"{stem}.jpg", quality=95)
         info = {"image_id": n + 1, "width": width, "height": height, "file_name": f"{stem}.jpg"}

@@ -71,7 +71,12 @@ def average_buffers(module: nn.Module, env: DistEnv) -> None:
 
 
 def lr_at(
-    step: int, total: int, warmup: int, base: float, warmup_lr: float, min_lr: float,
+    step: int,
+    total: int,
+    warmup: int,
+    base: float,
+    warmup_lr: float,
+    min_lr: float,
     warmup_prefix: bool = False,
 ) -> float:
     """Per-iteration LR: linear warmup from `warmup_lr`, then cosine down to `min_lr`.
@@ -176,7 +181,9 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return out
 
 
-def build_loader(cfg: Any, task: Task, env: DistEnv) -> tuple[DataLoader, DistillDataset, ShardedShuffleSampler]:
+def build_loader(
+    cfg: Any, task: Task, env: DistEnv
+) -> tuple[DataLoader, DistillDataset, ShardedShuffleSampler]:
     d = cfg.data
     records = make_records(d.format, d.root, d.split, d.ann_file, d.limit)
     store = None
@@ -184,18 +191,36 @@ def build_loader(cfg: Any, task: Task, env: DistEnv) -> tuple[DataLoader, Distil
         from engine.distill.embeddings import open_store
 
         store = open_store(cfg.embeddings)
+        grid = d.image_size // 16
+        if tuple(store.shape[1:]) != (grid, grid):
+            raise ValueError(
+                f"{cfg.embeddings} holds {tuple(store.shape)} embeddings; data.image_size "
+                f"{d.image_size} needs 256x{grid}x{grid} (embed at the same image size)"
+            )
         missing = [r.key for r in records if r.key not in store.index]
         if missing:
-            log.warning("%d image(s) have no teacher embedding and are skipped, e.g. %s",
-                        len(missing), missing[:3])
+            log.warning(
+                "%d image(s) have no teacher embedding and are skipped, e.g. %s",
+                len(missing),
+                missing[:3],
+            )
             records = [r for r in records if r.key in store.index]
     if not records:
         raise RuntimeError(f"no training images found under {d.root}")
-    dataset = DistillDataset(records, d.image_size, store, task.with_prompts, d.max_prompts, cfg.seed)
-    sampler = ShardedShuffleSampler(len(dataset), env.rank, env.world, cfg.seed, True, cfg.reshuffle)
+    dataset = DistillDataset(
+        records, d.image_size, store, task.with_prompts, d.max_prompts, cfg.seed
+    )
+    sampler = ShardedShuffleSampler(
+        len(dataset), env.rank, env.world, cfg.seed, True, cfg.reshuffle
+    )
     loader = DataLoader(
-        dataset, cfg.batch_size, sampler=sampler, num_workers=d.num_workers, collate_fn=collate,
-        drop_last=True, pin_memory=env.device.type == "cuda",
+        dataset,
+        cfg.batch_size,
+        sampler=sampler,
+        num_workers=d.num_workers,
+        collate_fn=collate,
+        drop_last=True,
+        pin_memory=env.device.type == "cuda",
     )
     if len(loader) == 0:
         raise RuntimeError(
@@ -268,10 +293,15 @@ def train(cfg: Any, task: Task, env: DistEnv | None = None, progress: bool = Tru
             scaler.update()
             step += 1
             if step % cfg.log_every == 0 or i + 1 == iters:
-                rec = {"step": step, "epoch": epoch, "iter": i + 1, "lr": lr_base * scale,
-                       "grad_norm": float(grad_norm),
-                       **{k: float(v.detach()) for k, v in stats.items() if v.numel() == 1},
-                       "sec_per_step": (time.time() - t0) / (i + 1 - skip)}
+                rec = {
+                    "step": step,
+                    "epoch": epoch,
+                    "iter": i + 1,
+                    "lr": lr_base * scale,
+                    "grad_norm": float(grad_norm),
+                    **{k: float(v.detach()) for k, v in stats.items() if v.numel() == 1},
+                    "sec_per_step": (time.time() - t0) / (i + 1 - skip),
+                }
                 logger.write(rec)
             if cfg.save_every_steps and step % cfg.save_every_steps == 0 and i + 1 < iters:
                 _save(task, optimizer, scaler, generator, env, out_dir, epoch, step, i + 1, cfg)
@@ -281,8 +311,19 @@ def train(cfg: Any, task: Task, env: DistEnv | None = None, progress: bool = Tru
         done_epoch = not stop or (i + 1 == iters)
         average_buffers(task.module(), env)
         if done_epoch:
-            _save(task, optimizer, scaler, generator, env, out_dir, epoch + 1, step, 0, cfg,
-                  tag=f"epoch{epoch}")
+            _save(
+                task,
+                optimizer,
+                scaler,
+                generator,
+                env,
+                out_dir,
+                epoch + 1,
+                step,
+                0,
+                cfg,
+                tag=f"epoch{epoch}",
+            )
         else:
             _save(task, optimizer, scaler, generator, env, out_dir, epoch, step, i + 1, cfg)
         skip = 0
@@ -297,9 +338,17 @@ def train(cfg: Any, task: Task, env: DistEnv | None = None, progress: bool = Tru
 
 
 def _save(
-    task: Task, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-    generator: torch.Generator, env: DistEnv, out_dir: Path, epoch: int, step: int,
-    step_in_epoch: int, cfg: Any, tag: str | None = None,
+    task: Task,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    generator: torch.Generator,
+    env: DistEnv,
+    out_dir: Path,
+    epoch: int,
+    step: int,
+    step_in_epoch: int,
+    cfg: Any,
+    tag: str | None = None,
 ) -> None:
     gens = [generator.get_state()]
     if env.world > 1:
@@ -309,9 +358,13 @@ def _save(
     if not env.is_main:
         return
     ck = {
-        "model": task.model_state(), "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
-        "step_in_epoch": step_in_epoch, "generators": gens,
+        "model": task.model_state(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "step_in_epoch": step_in_epoch,
+        "generators": gens,
         "config": cfg.model_dump(mode="json"),
     }
     tmp = out_dir / "last.pt.tmp"

@@ -225,7 +225,9 @@ def encoder_state_from_sam(state: Mapping[str, torch.Tensor]) -> dict[str, torch
     """`image_encoder.*` entries of a full SAM checkpoint with the prefix stripped (a bare
     encoder state dict is returned as is)."""
     if any(k.startswith(ENCODER_PREFIX) for k in state):
-        return {k[len(ENCODER_PREFIX) :]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+        return {
+            k[len(ENCODER_PREFIX) :]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)
+        }
     return dict(state)
 
 

@@ -15,6 +15,7 @@ from engine.export import (
     DECODER_INPUTS,
     DECODER_OUTPUTS,
     FORMAT_NAME,
+    MatrixUpsample2x,
     main,
     model_fingerprint,
     read_metadata,
@@ -61,32 +62,42 @@ def test_decoder_has_no_integer_reductions(exported: dict) -> None:
             assert types.get(node.input[0], onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT
 
 
-def test_encoder_resize_is_cubic_half_pixel_a075(exported: dict) -> None:
+def test_encoder_upsampling_exports_as_matmuls(exported: dict) -> None:
+    """Default export: the stage-3 x2 upsampling is two MatMuls, not a (slow) cubic Resize."""
     enc = onnx.load(str(exported["encoder"]), load_external_data=False)
-    resizes = [n for n in enc.graph.node if n.op_type == "Resize"]
-    assert len(resizes) == 1
+    assert not [n for n in enc.graph.node if n.op_type == "Resize"]
+    assert read_metadata(exported["encoder"])["edgesam.upsample_export"] == "matmul"
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+def test_matrix_upsample_equals_interpolate(mode: str) -> None:
+    conv = torch.nn.Identity()
+    up = MatrixUpsample2x(conv, 32, mode)
+    x = torch.randn(2, 8, 32, 32) * 3
+    want = F.interpolate(x, scale_factor=2.0, mode=mode, align_corners=False)
+    assert torch.allclose(up(x), want, atol=1e-5)
+
+
+class Up(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=2.0, mode="bicubic", align_corners=False)
+
+
+def test_onnx_cubic_resize_matches_torch_bicubic(tmp_path: Path) -> None:
+    """The `--upsample-export resize` path: attributes and numbers, borders included."""
+    x = torch.randn(2, 8, 32, 32) * 3
+    path = tmp_path / "up.onnx"
+    torch.onnx.export(Up(), (x,), str(path), input_names=["x"], opset_version=17, dynamo=False)
+    resizes = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Resize"]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in resizes[0].attribute}
     assert attrs["mode"] == b"cubic"
     assert attrs["coordinate_transformation_mode"] == b"half_pixel"
     assert attrs["cubic_coeff_a"] == pytest.approx(-0.75)
-
-
-def test_onnx_cubic_resize_matches_torch_bicubic(tmp_path: Path) -> None:
-    """Numerically, including the borders, on the encoder's shape (32x32 -> 64x64)."""
-
-    class Up(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return F.interpolate(x, scale_factor=2.0, mode="bicubic", align_corners=False)
-
-    x = torch.randn(2, 8, 32, 32) * 3
-    path = tmp_path / "up.onnx"
-    torch.onnx.export(Up(), (x,), str(path), input_names=["x"], opset_version=17, dynamo=False)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"x": x.numpy()})[0]
     want = Up()(x).numpy()
     assert got.shape == (2, 8, 64, 64)
     assert np.abs(got - want).max() < 1e-5
-    # the border rows/columns, where the two could differ in how they clamp, agree too
     assert np.abs(got[..., 0, :] - want[..., 0, :]).max() < 1e-5
     assert np.abs(got[..., :, -1] - want[..., :, -1]).max() < 1e-5
 

@@ -27,5 +27,3 @@ def distill_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         compute_embeddings(tiny_teacher(), loader, w, torch.device("cpu"), progress=False)
     write_random_sam_checkpoint(root / "sam.pth", seed=3)
     return {"root": root, "data": root / "data", "emb": root / "emb", "sam": root / "sam.pth"}
-
-

@@ -27,10 +27,18 @@ def tiny_teacher(seed: int = 0) -> torch.nn.Module:
 def train_overrides(d: dict[str, Path], out: Path, **extra: object) -> list[str]:
     """Config overrides for a fast run on the synthetic data."""
     sets = {
-        "data.root": str(d["data"]), "data.image_size": IMAGE_SIZE, "data.num_workers": 0,
-        "data.max_prompts": 4, "embeddings": str(d["emb"]), "output_dir": str(out),
-        "batch_size": 2, "sam_checkpoint": str(d["sam"]), "log_every": 1,
-        "optim.lr_scale_batch": None, "optim.base_lr": 1e-3, "optim.warmup_epochs": 0,
+        "data.root": str(d["data"]),
+        "data.image_size": IMAGE_SIZE,
+        "data.num_workers": 0,
+        "data.max_prompts": 4,
+        "embeddings": str(d["emb"]),
+        "output_dir": str(out),
+        "batch_size": 2,
+        "sam_checkpoint": str(d["sam"]),
+        "log_every": 1,
+        "optim.lr_scale_batch": None,
+        "optim.base_lr": 1e-3,
+        "optim.warmup_epochs": 0,
         **extra,
     }
     import json

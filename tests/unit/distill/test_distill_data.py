@@ -34,8 +34,13 @@ def test_preprocess_resizes_long_side_normalises_and_pads() -> None:
     assert hw == (128, int(100 * 128 / 150 + 0.5))  # short side rounded half up: 85
     assert x.shape == (3, 128, 128)
     assert (x[:, :, hw[1] :] == 0).all()
-    ref = F.interpolate(torch.from_numpy(img).permute(2, 0, 1).float()[None], hw,
-                        mode="bilinear", align_corners=False, antialias=True)[0]
+    ref = F.interpolate(
+        torch.from_numpy(img).permute(2, 0, 1).float()[None],
+        hw,
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
+    )[0]
     mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
     std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
     torch.testing.assert_close(x[:, :, : hw[1]], (ref - mean) / std)
@@ -89,8 +94,17 @@ def test_coco_format_records_and_mask_centre_points(distill_data: dict, tmp_path
         data = json.loads(r.ann_path.read_text())
         images.append({"id": i + 1, "file_name": r.image_path.name, "height": 120, "width": 160})
         for a in data["annotations"]:
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "bbox": a["bbox"], "iscrowd": 0,
-                         "segmentation": a["segmentation"], "area": a["area"], "category_id": 1})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "bbox": a["bbox"],
+                    "iscrowd": 0,
+                    "segmentation": a["segmentation"],
+                    "area": a["area"],
+                    "category_id": 1,
+                }
+            )
     anns.append({**anns[0], "id": 999, "iscrowd": 1})
     path = tmp_path / "instances.json"
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": []}))

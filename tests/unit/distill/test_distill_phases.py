@@ -46,7 +46,9 @@ def test_phase1_overfits_a_fixed_batch(distill_data: dict, tmp_path: Path) -> No
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_phase2_overfits_keeps_frozen_parts_and_trains_the_rest(distill_data: dict, tmp_path: Path) -> None:
+def test_phase2_overfits_keeps_frozen_parts_and_trains_the_rest(
+    distill_data: dict, tmp_path: Path
+) -> None:
     cfg = load_config("phase2", None, train_overrides(distill_data, tmp_path, box_prob=0.5))
     task = Phase2Task(cfg, DistEnv())
     student, teacher = task.student, task.teacher
@@ -63,8 +65,15 @@ def test_phase2_overfits_keeps_frozen_parts_and_trains_the_rest(distill_data: di
     losses = {True: [], False: []}
     for i in range(14):
         use_box = i % 2 == 0  # both prompt kinds, alternating
-        out = net(batch["image"], batch["teacher"], batch["boxes"], batch["points"],
-                  batch["input_hw"], use_box, gen)
+        out = net(
+            batch["image"],
+            batch["teacher"],
+            batch["boxes"],
+            batch["points"],
+            batch["input_hw"],
+            use_box,
+            gen,
+        )
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
@@ -72,12 +81,20 @@ def test_phase2_overfits_keeps_frozen_parts_and_trains_the_rest(distill_data: di
     for kind, seq in losses.items():
         assert seq[-1] < 0.5 * seq[0], (kind, seq)
     for name, snap in frozen.items():
-        now = _snapshot({"prompt_encoder": student.prompt_encoder, "teacher": teacher,
-                         "iou_head": student.mask_decoder.iou_prediction_head}[name])
+        now = _snapshot(
+            {
+                "prompt_encoder": student.prompt_encoder,
+                "teacher": teacher,
+                "iou_head": student.mask_decoder.iou_prediction_head,
+            }[name]
+        )
         for k, v in snap.items():
             assert torch.equal(now[k], v), f"{name}.{k} changed"
-    changed = [k for k, v in _snapshot(student.mask_decoder.output_upscaling).items()
-               if not torch.equal(v, trained_before[k])]
+    changed = [
+        k
+        for k, v in _snapshot(student.mask_decoder.output_upscaling).items()
+        if not torch.equal(v, trained_before[k])
+    ]
     assert changed, "the mask decoder is trained"
 
 
@@ -89,8 +106,15 @@ def test_phase2_gradients_reach_the_encoder_through_both_passes(
     task = Phase2Task(cfg, DistEnv())
     batch = _fixed_batch(distill_data)
     net = task.module().train()
-    out = net(batch["image"], batch["teacher"], batch["boxes"], batch["points"], batch["input_hw"],
-              use_box, torch.Generator().manual_seed(1))
+    out = net(
+        batch["image"],
+        batch["teacher"],
+        batch["boxes"],
+        batch["points"],
+        batch["input_hw"],
+        use_box,
+        torch.Generator().manual_seed(1),
+    )
     n_prompts = sum(len(b) for b in batch["boxes"])
     assert out["points"].shape == (n_prompts, 1, 2)  # one correction point per prompt
     assert set(out["labels"].flatten().tolist()) <= {0, 1, -2}
@@ -102,7 +126,9 @@ def test_phase2_gradients_reach_the_encoder_through_both_passes(
     torch.testing.assert_close(out["loss"], out["loss_pass0"] + out["loss_pass1"])
 
 
-def test_phase1_then_phase2_write_official_checkpoints_and_resume(distill_data: dict, tmp_path: Path) -> None:
+def test_phase1_then_phase2_write_official_checkpoints_and_resume(
+    distill_data: dict, tmp_path: Path
+) -> None:
     sam = read_state_dict(distill_data["sam"])
     # Phase 1: two steps, then resume for one more (one epoch is 2 steps of batch 2).
     out1 = tmp_path / "p1"
@@ -128,8 +154,11 @@ def test_phase1_then_phase2_write_official_checkpoints_and_resume(distill_data: 
 
     # Phase 2 from the phase-1 file.
     out2 = tmp_path / "p2"
-    cfg = load_config("phase2", None, train_overrides(
-        distill_data, out2, max_steps=2, phase1_checkpoint=str(path1)))
+    cfg = load_config(
+        "phase2",
+        None,
+        train_overrides(distill_data, out2, max_steps=2, phase1_checkpoint=str(path1)),
+    )
     task = Phase2Task(cfg, DistEnv())
     enc_start = {k: v.clone() for k, v in task.student.image_encoder.state_dict().items()}
     for k, v in enc_start.items():
@@ -141,6 +170,9 @@ def test_phase1_then_phase2_write_official_checkpoints_and_resume(distill_data: 
     for k, v in sam.items():
         if k.startswith("prompt_encoder.") or ".iou_prediction_head." in k:
             assert torch.equal(exported[k], v.float()), f"{k} is frozen"
-    assert any(not torch.equal(exported[k], v.float()) for k, v in sam.items()
-               if k.startswith("mask_decoder.output_hypernetworks"))
+    assert any(
+        not torch.equal(exported[k], v.float())
+        for k, v in sam.items()
+        if k.startswith("mask_decoder.output_hypernetworks")
+    )
     assert set(exported) == set(model.state_dict())

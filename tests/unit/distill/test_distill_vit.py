@@ -27,7 +27,9 @@ needs_ref = pytest.mark.skipif(not REF.is_dir(), reason="reference data not avai
 def _tiny_weights() -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return {k: v.float() for k, v in load_file(str(REF / "sam_vit_tiny/weights.safetensors")).items()}
+    return {
+        k: v.float() for k, v in load_file(str(REF / "sam_vit_tiny/weights.safetensors")).items()
+    }
 
 
 @needs_ref
@@ -36,7 +38,10 @@ def test_tiny_vit_reproduces_golden_within_1e4(tmp_path: Path) -> None:
     kwargs = case["config"]["kwargs"]
     cfg = VIT_CONFIGS["vit_tiny"]
     assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.window_size) == (
-        kwargs["embed_dim"], kwargs["depth"], kwargs["num_heads"], kwargs["window_size"]
+        kwargs["embed_dim"],
+        kwargs["depth"],
+        kwargs["num_heads"],
+        kwargs["window_size"],
     )
     assert list(cfg.global_attn_indexes) == kwargs["global_attn_indexes"]
     # Loaded through the teacher loader from a full-SAM-style file (image_encoder.* prefix).
