@@ -19,6 +19,8 @@ IMAGE_SIZE = 1024
 LOW_RES_SIZE = 256
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+_MEAN = torch.from_numpy(PIXEL_MEAN).reshape(3, 1, 1)
+_STD = torch.from_numpy(PIXEL_STD).reshape(3, 1, 1)
 
 
 def target_size(height: int, width: int, long_side: int = IMAGE_SIZE) -> tuple[int, int]:
@@ -33,7 +35,7 @@ def resize_longest_side(image: np.ndarray, long_side: int = IMAGE_SIZE) -> np.nd
     newh, neww = target_size(h, w, long_side)
     if (newh, neww) == (h, w):
         return image
-    return np.asarray(Image.fromarray(image).resize((neww, newh), Image.BILINEAR))
+    return np.array(Image.fromarray(image).resize((neww, newh), Image.BILINEAR))
 
 
 def check_image(image: np.ndarray) -> None:
@@ -50,9 +52,10 @@ def preprocess_image(image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
     check_image(image)
     resized = resize_longest_side(np.ascontiguousarray(image))
     h, w = resized.shape[:2]
-    x = (resized.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD
     out = torch.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.float32)
-    out[0, :, :h, :w] = torch.from_numpy(x).permute(2, 0, 1)
+    view = out[0, :, :h, :w]
+    view.copy_(torch.from_numpy(resized).permute(2, 0, 1))
+    view.sub_(_MEAN).div_(_STD)
     return out, (h, w)
 
 

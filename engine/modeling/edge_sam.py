@@ -1,5 +1,8 @@
 """The whole EdgeSAM model: image encoder, prompt encoder, mask decoder."""
 
+import weakref
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -7,7 +10,7 @@ from torch import nn
 from engine.modeling.image_encoder import RepViTEncoder, UpsampleMode
 from engine.modeling.mask_decoder import MaskDecoder
 from engine.modeling.prompt_encoder import PromptEncoder
-from engine.modeling.transformer import TwoWayTransformer
+from engine.modeling.transformer import TwoWayTransformer, to_tokens
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -15,6 +18,8 @@ IMAGE_SIZE = 1024
 EMBED_DIM = 256
 EMBED_SIZE = 64
 LOW_RES_SIZE = 256
+# Image-side decoder tensors (~12 MB each) kept for the most recent embeddings.
+IMAGE_SIDE_CACHE_SIZE = 4
 
 
 class EdgeSam(nn.Module):
@@ -39,7 +44,12 @@ class EdgeSam(nn.Module):
         )
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), False)
+        self._clear_caches()
+
+    def _clear_caches(self) -> None:
         self._dense_pe: torch.Tensor | None = None
+        self._pe_tokens_cache: torch.Tensor | None = None
+        self._image_side_cache: OrderedDict[int, tuple] = OrderedDict()
 
     @property
     def device(self) -> torch.device:
@@ -62,11 +72,15 @@ class EdgeSam(nn.Module):
         return self._dense_pe
 
     def train(self, mode: bool = True) -> "EdgeSam":
-        self._dense_pe = None
+        self._clear_caches()
         return super().train(mode)
 
+    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        self._clear_caches()  # device or dtype moves invalidate derived tensors
+        return super()._apply(fn, *args, **kwargs)
+
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-        self._dense_pe = None
+        self._clear_caches()
         super()._load_from_state_dict(*args, **kwargs)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -89,17 +103,41 @@ class EdgeSam(nn.Module):
         Returns low-res logits Bx4x256x256 and IoU predictions Bx4 for all four mask tokens.
         """
         sparse = self.prompt_encoder.embed_labeled_points(point_coords, point_labels)
+        if mask_input is None and image_embeddings.shape[0] == 1 and not self.training:
+            src, first_kv = self._image_side(image_embeddings)
+            return self.mask_decoder.predict_all(
+                image_embeddings, self._pe_tokens(), sparse, None, first_kv, src_tokens=src
+            )
         pe = self.dense_pe()
-        first_kv = None
         if mask_input is None:
             dense = self.prompt_encoder.no_mask_dense(1)
-            if image_embeddings.shape[0] == 1:
-                # Keys of the first token->image attention depend on the image only: project
-                # them once for the whole batch of prompts.
-                first_kv = self.mask_decoder.transformer.first_keys_kv(image_embeddings + dense, pe)
         else:
             dense = self.prompt_encoder.embed_masks(mask_input)
-        return self.mask_decoder.predict_all(image_embeddings, pe, sparse, dense, first_kv)
+        return self.mask_decoder.predict_all(image_embeddings, pe, sparse, dense)
+
+    def _pe_tokens(self) -> torch.Tensor:
+        if self._pe_tokens_cache is None:
+            self._pe_tokens_cache = to_tokens(self.dense_pe())
+        return self._pe_tokens_cache
+
+    def _image_side(
+        self, image_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """What the decoder computes from the image alone when no mask is given: the key
+        tokens (embedding + no-mask embedding) and their first-block k/v projections. Kept
+        for the last few embeddings seen, so repeated clicks on one image skip that work."""
+        key = id(image_embeddings)
+        hit = self._image_side_cache.get(key)
+        if hit is not None and hit[0]() is image_embeddings:
+            self._image_side_cache.move_to_end(key)
+            return hit[1], hit[2]
+        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, 1, -1)
+        src = to_tokens(image_embeddings) + dense
+        first_kv = self.mask_decoder.transformer.first_keys_kv(src, self._pe_tokens())
+        self._image_side_cache[key] = (weakref.ref(image_embeddings), src, first_kv)
+        while len(self._image_side_cache) > IMAGE_SIDE_CACHE_SIZE:
+            self._image_side_cache.popitem(last=False)
+        return src, first_kv
 
     def forward(
         self,

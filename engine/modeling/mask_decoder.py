@@ -1,6 +1,7 @@
 """SAM's mask decoder with EdgeSAM's choice of 1, 3 or 4 output masks."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engine.modeling.common import MLP, LayerNorm2d
@@ -19,7 +20,13 @@ def mask_slice(num_multimask_outputs: int) -> slice:
 
 
 class MaskDecoder(nn.Module):
-    """Tokens + image embedding -> four low-res mask logits and their predicted IoU."""
+    """Tokens + image embedding -> four low-res mask logits and their predicted IoU.
+
+    `fast_upscaling` (default on) runs the two stride-2, kernel-2 transposed convolutions as
+    matrix products on channels-last tokens and applies the pixel shuffle once, to the final
+    masks only; turning it off gives the textbook path (the baseline in bench/model.py)."""
+
+    fast_upscaling: bool = True
 
     def __init__(
         self,
@@ -55,13 +62,16 @@ class MaskDecoder(nn.Module):
         image_embeddings: torch.Tensor,
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
-        dense_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor | None,
         first_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        src_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All four mask tokens.
 
         image_embeddings 1xCx64x64 (shared by the batch) or BxCx64x64; image_pe 1xCx64x64;
         sparse BxNxC; dense BxCx64x64 or 1xCx64x64 (no-mask broadcast).
+        `src_tokens` (1xHWxC, embedding + dense already added) and `first_kv` may be given
+        precomputed for one image (see EdgeSam._image_side); image_pe may be 1xHWxC tokens.
         Returns low-res logits Bx4x256x256 and IoU predictions Bx4.
         """
         b = sparse_prompt_embeddings.shape[0]
@@ -69,21 +79,46 @@ class MaskDecoder(nn.Module):
         tokens = torch.cat(
             (output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings), dim=1
         )
-        src = image_embeddings + dense_prompt_embeddings
+        src = image_embeddings + dense_prompt_embeddings if src_tokens is None else src_tokens
         hs, keys = self.transformer(src, image_pe, tokens, first_kv)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
         c, (h, w) = self.transformer_dim, image_embeddings.shape[-2:]
-        src = keys.transpose(1, 2).reshape(b, c, h, w)
-        upscaled = self.output_upscaling(src)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             dim=1,
         )
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        if self.fast_upscaling:
+            masks = self._upscale_tokens(keys, hyper_in, h, w)
+        else:
+            upscaled = self.output_upscaling(keys.transpose(1, 2).reshape(b, c, h, w))
+            b, c, h, w = upscaled.shape
+            masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
         return masks, self.iou_prediction_head(iou_token_out)
+
+    def _upscale_tokens(
+        self, keys: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int
+    ) -> torch.Tensor:
+        """`output_upscaling` and the hypernetwork product on BxHWxC tokens -> BxTx4hx4w.
+
+        A transposed conv with kernel = stride = 2 maps each input pixel to its own 2x2 block,
+        so it is one matmul per pixel; LayerNorm2d and GELU act per pixel too. The block
+        offsets (a, b) of the first and (c, d) of the second conv stay as extra axes until the
+        masks, which are then laid out as row 4i+2a+c, column 4j+2b+d."""
+        convt1, norm, _, convt2, _ = self.output_upscaling
+        b = keys.shape[0]
+        mid, out = convt1.out_channels, convt2.out_channels
+        w1 = convt1.weight.permute(0, 2, 3, 1).reshape(convt1.in_channels, 4 * mid)
+        x = torch.addmm(convt1.bias.repeat(4), keys.reshape(-1, keys.shape[-1]), w1)
+        x = F.layer_norm(x.reshape(-1, mid), (mid,), norm.weight, norm.bias, norm.eps)
+        x = F.gelu(x)
+        w2 = convt2.weight.permute(0, 2, 3, 1).reshape(mid, 4 * out)
+        x = F.gelu(torch.addmm(convt2.bias.repeat(4), x, w2))
+        masks = x.reshape(b, -1, out) @ hyper_in.transpose(1, 2)  # B x (h w a b c d) x T
+        t = hyper_in.shape[1]
+        masks = masks.reshape(b, h, w, 2, 2, 2, 2, t).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(b, t, 4 * h, 4 * w)
 
     def forward(
         self,

@@ -9,6 +9,21 @@ from torch import nn
 from engine.modeling.common import MLPBlock
 
 
+def _softmax_last(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over a short last axis (a few prompt tokens): torch's kernel is slow for rows
+    of length < 16, four flat passes are not."""
+    x = x - x.amax(dim=-1, keepdim=True)
+    x = x.exp_()
+    return x.div_(x.sum(dim=-1, keepdim=True))
+
+
+def to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """BxCxHxW -> contiguous BxHWxC (strided views make every later add and matmul slower)."""
+    if x.ndim == 3:
+        return x
+    return x.flatten(2).transpose(1, 2).contiguous()
+
+
 class Attention(nn.Module):
     """Multi-head attention with an optional down-projection of the internal width.
 
@@ -88,7 +103,7 @@ class Attention(nn.Module):
         nq = q.shape[1]
         q = q.expand(b, -1, -1) if q.shape[0] != b else q
         scores = torch.baddbmm(bias.reshape(b, 1, h * nk), q, k_in_query_space.transpose(1, 2))
-        attn = torch.softmax(scores.reshape(b, nq, h, nk), dim=-1)
+        attn = _softmax_last(scores.reshape(b, nq * h, nk))
         # out = sum_h attn_h (v Wv_h + bv_h) Wo_h^T + bo, folded into one product.
         vh = self._split(self.v_proj(v))  # B h Nk d
         wo = self.out_proj.weight.reshape(-1, h, vh.shape[-1])  # C h d
@@ -196,8 +211,8 @@ class TwoWayTransformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """k/v projections of the first block's token->image attention for one image
         (1xCxHxW embedding with the no-mask dense prompt already added)."""
-        keys = image_embedding.flatten(2).permute(0, 2, 1)
-        pe = image_pe.flatten(2).permute(0, 2, 1)
+        keys = to_tokens(image_embedding)
+        pe = to_tokens(image_pe)
         attn = self.layers[0].cross_attn_token_to_image
         return attn.k_proj(keys + pe), attn.v_proj(keys)
 
@@ -210,8 +225,8 @@ class TwoWayTransformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embedding BxCxHxW (B may be 1 for a batch of prompts on one image),
         image_pe 1xCxHxW, point_embedding BxNxC -> (queries BxNxC, keys BxHWxC)."""
-        keys = image_embedding.flatten(2).permute(0, 2, 1)
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
+        keys = to_tokens(image_embedding)
+        key_pe = to_tokens(image_pe)
         queries = point_embedding
         for i, layer in enumerate(self.layers):
             queries, keys = layer(
