@@ -63,28 +63,6 @@ def stability_scores_float(logits: torch.Tensor, offset: float = STABILITY_OFFSE
     return torch.where(union > 0, inter / union.clamp(min=1.0), torch.zeros_like(union))
 
 
-class MatrixUpsample2x(nn.Module):
-    """x2 upsampling of a fixed-size map as two matrix products (rows, then columns).
-
-    Bilinear and bicubic resizing with align_corners=False are separable and linear, so
-    `R @ x @ R.T` with R = the 1-D resize of an identity equals F.interpolate to float
-    rounding (border clamping included). ONNX Runtime's cubic Resize kernel is slow on the CPU
-    (~15% of the encoder); two small MatMuls cost almost nothing."""
-
-    def __init__(self, conv: nn.Module, size: int, mode: str) -> None:
-        super().__init__()
-        self.conv = conv
-        eye = torch.eye(size, dtype=torch.float64)[None, None]
-        resize = torch.nn.functional.interpolate(
-            eye, size=(2 * size, size), mode=mode, align_corners=False
-        )[0, 0]
-        self.register_buffer("rows", resize.float(), False)
-        self.register_buffer("cols", resize.T.contiguous().float(), False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.rows @ self.conv(x) @ self.cols
-
-
 class EncoderForExport(nn.Module):
     """The re-parameterised image encoder: Bx3x1024x1024 -> Bx256x64x64.
 
@@ -97,10 +75,8 @@ class EncoderForExport(nn.Module):
 
         if upsample not in ("matmul", "resize"):
             raise ValueError("upsample must be matmul or resize")
-        self.encoder = fuse_encoder(model.image_encoder).eval()
-        if upsample == "matmul":
-            stage3 = self.encoder.fuse_stage3
-            self.encoder.fuse_stage3 = MatrixUpsample2x(stage3.op_list[0], 32, stage3.upsample_mode)
+        self.encoder = fuse_encoder(model.image_encoder, matrix_upsample=upsample == "matmul")
+        self.encoder.eval()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.encoder(image)

@@ -12,8 +12,9 @@ from engine.modeling.common import MLPBlock
 def _softmax_last(x: torch.Tensor) -> torch.Tensor:
     """Softmax over a short last axis (a few prompt tokens): torch's kernel is slow for rows
     of length < 16, four flat passes are not."""
-    x = x - x.amax(dim=-1, keepdim=True)
-    x = x.exp_()
+    x = (x - x.amax(dim=-1, keepdim=True)).exp()
+    if x.requires_grad:  # autograd needs exp's output intact
+        return x / x.sum(dim=-1, keepdim=True)
     return x.div_(x.sum(dim=-1, keepdim=True))
 
 
