@@ -2,7 +2,7 @@
 
 GPU: TensorRT where it imports and a GPU is present, else PyTorch on CUDA.
 CPU: the fastest CPU backend as measured by `bench/encoder.py` on the 2-core development
-machine (see docs/backends.md): ONNX Runtime, then PyTorch.
+machine (see README.md, "Backends, export and batching"): ONNX Runtime, then PyTorch.
 """
 
 from __future__ import annotations

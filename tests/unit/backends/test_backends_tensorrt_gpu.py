@@ -19,7 +19,7 @@ _REASON = (
 )
 needs_trt = pytest.mark.skipif(bool(_REASON), reason=f"TensorRT GPU test skipped: {_REASON}")
 
-# fp16 tolerance: to be recorded from a GPU run (docs/backends.md); the masks must still agree.
+# fp16 tolerance: to be recorded from a GPU run (README.md, "What was verified"); the masks must still agree.
 FP16_EMBED_TOL = 5e-2
 
 
