@@ -9,12 +9,12 @@ import shutil
 import subprocess
 import sys
 import threading
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import tomllib
 from deploy_checks import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
