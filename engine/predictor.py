@@ -11,6 +11,8 @@ features first; pass them as `features=` (a 4-D tensor given first positionally 
 recognised).
 """
 
+import os
+
 import numpy as np
 import torch
 
@@ -99,10 +101,24 @@ def _bind(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict:
 class EdgeSamPredictor:
     """set_image once, then predict per prompt; see the module docstring."""
 
-    def __init__(self, sam_model: "EdgeSam | Backend") -> None:
+    def __init__(
+        self, sam_model: "EdgeSam | Backend", priors: "str | os.PathLike[str] | None" = None
+    ) -> None:
+        """`priors`: a checkpoint holding EdgeSAM's optional granularity-priors head
+        (`fpn.*`/`rpn_head.*`, see engine.distill.priors), or the loaded module. With it, a
+        point-only prompt also gets the best-scoring proposal that contains its first
+        foreground point as a box prompt, as the paper describes (`use_priors=False` in
+        `predict` turns that off per call). Needs the PyTorch backend."""
         self.model = as_backend(sam_model)
         self.transform = ResizeLongestSide(IMAGE_SIZE)
         self.mask_threshold = MASK_THRESHOLD
+        self.priors = None
+        if priors is not None:
+            from engine.distill.priors import GranularityPriors, load_priors
+
+            if getattr(self.model, "model", None) is None:
+                raise ValueError("granularity priors need the PyTorch backend")
+            self.priors = priors if isinstance(priors, GranularityPriors) else load_priors(priors)
         self.reset_image()
 
     # -- image ------------------------------------------------------------------------------
@@ -113,8 +129,33 @@ class EdgeSamPredictor:
         if image_format == "BGR":
             image = np.ascontiguousarray(image[..., ::-1])
         self.reset_image()
-        self._image = encode_images(self.model, [image])[0]
+        if self.priors is None:
+            self._image = encode_images(self.model, [image])[0]
+        else:
+            self._image, self._proposals = self._encode_with_priors(image)
         self._set_sizes()
+
+    @torch.inference_mode()
+    def _encode_with_priors(
+        self, image: np.ndarray
+    ) -> tuple[ImageEmbedding, tuple[torch.Tensor, torch.Tensor]]:
+        from engine.distill.priors import encode_with_priors
+
+        x, input_size = preprocess_image(image)
+        model = self.model.model
+        emb, proposals = encode_with_priors(model, self.priors, x.to(model.device))
+        size = (int(image.shape[0]), int(image.shape[1]))
+        return ImageEmbedding(emb[:1].float().cpu(), size, input_size), proposals[0]
+
+    def prior_box(self, point_1024: torch.Tensor) -> torch.Tensor | None:
+        """The proposal (1x4, 1024 frame) the priors pick for a point (1x2), or None."""
+        if self.priors is None or self._proposals is None:
+            return None
+        from engine.distill.priors import prior_boxes_for_points
+
+        boxes, scores = self._proposals
+        box, found = prior_boxes_for_points(boxes.cpu(), scores.cpu(), point_1024.reshape(1, 2))
+        return box[:1].float() if bool(found[0]) else None
 
     def set_torch_image(
         self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]
@@ -158,6 +199,7 @@ class EdgeSamPredictor:
 
     def reset_image(self) -> None:
         self._image: ImageEmbedding | None = None
+        self._proposals: tuple[torch.Tensor, torch.Tensor] | None = None
         self.is_image_set = False
         self.features: torch.Tensor | None = None
         self.original_size: tuple[int, int] | None = None
@@ -203,6 +245,7 @@ class EdgeSamPredictor:
         features: torch.Tensor | None = None,
         num_multimask_outputs: int | None = None,
         use_stability_score: bool = False,
+        use_priors: bool = True,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         image = self._embedding_for(features)
         points = None
@@ -219,6 +262,10 @@ class EdgeSamPredictor:
         if box is not None:
             box_1024 = self.transform.apply_boxes(np.asarray(box), self.original_size)
             boxes = torch.as_tensor(box_1024, dtype=torch.float32).reshape(-1, 4)[:1]
+        elif points is not None and use_priors and features is None:
+            foreground = (points[1][0] == 1).nonzero()
+            if len(foreground):
+                boxes = self.prior_box(points[0][0, int(foreground[0])])
         mask_t = None
         if mask_input is not None:
             mask_t = torch.as_tensor(np.asarray(mask_input), dtype=torch.float32)[None]

@@ -53,6 +53,8 @@ OPEN_PREFIXES = ("/static/",)
 
 def _is_open(path: str) -> bool:
     return path in OPEN_PATHS or path == "/" or path.startswith(OPEN_PREFIXES)
+
+
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
 ImageIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="sha256 hex")]
 
