@@ -1,7 +1,9 @@
 """Where the encoder's GPU time goes: throughput of memory-format / fusion variants at one
 batch size, and the top CUDA kernels of the first variant (torch profiler).
 
-    python bench/gpu_profile.py [--batch 32] [--dtype fp16]
+    python bench/gpu_profile.py [--batch 32] [--dtype fp16] [--compile]
+
+--compile adds torch.compile of the fused channels_last encoder (compile time printed).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     args = parser.parse_args()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     torch.backends.cudnn.benchmark = True
@@ -60,6 +63,18 @@ def main() -> None:
             results.append(
                 f"{name:22s} batch {args.batch} {args.dtype}: {ms:8.2f} ms, "
                 f"{args.batch / ms * 1e3:8.1f} img/s"
+            )
+        if args.compile:
+            enc = variants["fused_channels_last"]
+            xx = x.contiguous(memory_format=torch.channels_last)
+            start = time.perf_counter()
+            compiled = torch.compile(enc, dynamic=False)
+            diff = (compiled(xx).float() - enc(xx).float()).abs().max().item()
+            results.append(f"compile time {time.perf_counter() - start:.1f} s")
+            ms = timed(lambda: compiled(xx))
+            results.append(
+                f"{'compiled_channels_last':22s} batch {args.batch} {args.dtype}: {ms:8.2f} ms, "
+                f"{args.batch / ms * 1e3:8.1f} img/s, max|diff| vs eager {diff:.3g}"
             )
         enc = variants["fused_contiguous"]
         activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]

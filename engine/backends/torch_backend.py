@@ -71,7 +71,7 @@ class TorchBackend(Backend):
         self._compiled = None
         if compile:
             # Measured on an H200, fp16, batch 32: 2382 img/s compiled against 1287 eager
-            # (bench/gpu_compile.py), for ~25 s of compilation per batch bucket.
+            # (bench/gpu_profile.py --compile), for ~25 s of compilation per batch bucket.
             self._compiled = torch.compile(self._encoder, dynamic=False)
             self.info.details["compiled"] = "true"
 

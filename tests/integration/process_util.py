@@ -61,8 +61,11 @@ class ServiceProcess:
             self.proc.wait(10)
 
 
-def spawn(tmp_dir: str, **env: str) -> ServiceProcess:
-    """Start one fake-backend service process; EDGESAM_* settings from `env`."""
+def spawn(
+    tmp_dir: str, module: str = "tests.integration.fake_server", **env: str
+) -> ServiceProcess:
+    """Start one service process (the fake-backend one unless `module="service"`, the real
+    entry point); EDGESAM_* settings from `env`."""
     http_port, grpc_port = free_port(), free_port()
     full = {
         **{k: v for k, v in os.environ.items() if not k.startswith("EDGESAM_")},
@@ -77,7 +80,7 @@ def spawn(tmp_dir: str, **env: str) -> ServiceProcess:
     log_path = os.path.join(tmp_dir, f"service-{http_port}.log")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.fake_server"],
+            [sys.executable, "-m", module],
             cwd=REPO_ROOT,
             env=full,
             stdout=log,

@@ -168,75 +168,49 @@ def test_embed_cli_matches_the_stored_embeddings_and_resumes(
     assert (tmp_path / "e" / "rank0-shard0000.f16").stat().st_size == size
 
 
-def test_exported_model_is_served(distill_data: dict, tmp_path: Path, repo_root: Path) -> None:
+def test_exported_model_is_served(distill_data: dict, tmp_path: Path) -> None:
     """The phase output is what `python -m service` serves: start it with the file as
     EDGESAM_CHECKPOINT, embed an image and segment a click over HTTP."""
     import io
-    import os
-    import subprocess
-    import sys
 
     import httpx
     import numpy as np
     from PIL import Image
 
     from engine.loader import load_model
-    from tests.conftest import free_port, wait_until
+    from tests.integration.process_util import spawn
 
     cfg = load_config("phase1", None, train_overrides(distill_data, tmp_path, max_steps=1))
     path = train(cfg, Phase1Task(cfg, DistEnv()), DistEnv(), progress=False)
     assert load_model(path, device="cpu", backend="torch").info.name == "torch"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESAM_")}
-    env.update(
+    server = spawn(
+        str(tmp_path),
+        module="service",
         EDGESAM_CHECKPOINT=str(path),
-        EDGESAM_HTTP_PORT=str(port),
-        EDGESAM_HTTP_HOST="127.0.0.1",
-        EDGESAM_GRPC_PORT="0",
         EDGESAM_TORCH_THREADS="1",
         EDGESAM_WEIGHTS_DIR=str(tmp_path / "weights"),
     )
-    log = tmp_path / "service.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service"],
-            cwd=repo_root,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    url = f"http://127.0.0.1:{port}"
     try:
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return proc.poll() is not None
-
-        assert wait_until(ready, timeout=180, interval=0.5), log.read_text()
-        assert proc.poll() is None, log.read_text()
-        assert httpx.get(f"{url}/readyz").json()["random_weights"] is False
+        server.wait_serving(timeout=180)
+        assert httpx.get(f"{server.url}/readyz").json()["random_weights"] is False
         buf = io.BytesIO()
         Image.fromarray(np.full((64, 96, 3), 128, np.uint8)).save(buf, format="PNG")
         emb = httpx.post(
-            f"{url}/v1/embed", content=buf.getvalue(), headers={"content-type": "image/png"}
+            f"{server.url}/v1/embed",
+            content=buf.getvalue(),
+            headers={"content-type": "image/png"},
+            timeout=60,
         )
         assert emb.status_code == 200, emb.text
         seg = httpx.post(
-            f"{url}/v1/segment",
+            f"{server.url}/v1/segment",
             json={"image_id": emb.json()["image_id"], "points": [[40, 30]], "labels": [1]},
             timeout=60,
         )
         assert seg.status_code == 200, seg.text
         assert seg.json()["masks"][0]["rle"]["size"] == [64, 96]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
 
 
 def test_synth_and_subset_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
