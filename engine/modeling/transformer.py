@@ -162,15 +162,15 @@ class TwoWayAttentionBlock(nn.Module):
 
         q = queries + query_pe
         attn = self.cross_attn_token_to_image
+        k = keys + key_pe  # the keys do not change until the image->token step below
         if token_to_image_kv is None:
-            k_proj, v_proj = attn.k_proj(keys + key_pe), attn.v_proj(keys)
+            attn_out = attn(q, k, keys)
         else:
-            k_proj, v_proj = token_to_image_kv
-        queries = self.norm2(queries + attn.attend(attn.q_proj(q), k_proj, v_proj))
+            attn_out = attn.attend(attn.q_proj(q), *token_to_image_kv)
+        queries = self.norm2(queries + attn_out)
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        k = keys + key_pe
         if k.shape[0] != q.shape[0]:
             k = k.expand(q.shape[0], -1, -1)
             keys = keys.expand(q.shape[0], -1, -1)
