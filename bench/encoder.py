@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    from engine.runtime import tune_allocator
+
+    tune_allocator()  # as the service does; every backend in this process shares it
     names = ["torch-eager", *[b for b in args.backend if b != "torch-eager"]]
     print(
         f"torch {torch.__version__}, threads {args.threads}, device {args.device}, "

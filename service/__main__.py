@@ -141,6 +141,9 @@ def main() -> int:
     if settings.resolved_checkpoint() is None and not settings.allow_random_weights:
         print(f"edgesam: {GET_WEIGHTS_HINT}", file=sys.stderr)
         return 2
+    from engine.runtime import tune_allocator
+
+    tune_allocator()  # before the model allocates anything (see engine/runtime.py)
     return asyncio.run(serve(settings))
 
 

@@ -185,6 +185,7 @@ class OnnxRuntimeBackend(Backend):
         fingerprint: str | None = None,
     ) -> None:
         ort = _import_ort()
+        self._torch_decoder: Backend | None = None
         self.encoder_path = Path(encoder_path)
         self.decoder_path = resolve_decoder_path(encoder_path, decoder_path)
         for p in (self.encoder_path, self.decoder_path):
@@ -207,7 +208,11 @@ class OnnxRuntimeBackend(Backend):
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[graph_optimization_level]
-        for key, value in (session_config or {}).items():
+        # ORT's workers spin after each run by default, taking the cores from whatever runs
+        # next in this process (the service's PyTorch decode threads, HTTP, gRPC); measured
+        # with bench/encoder.py, that doubled the latency of the next PyTorch call.
+        config = {"session.intra_op.allow_spinning": "0", **(session_config or {})}
+        for key, value in config.items():
             opts.add_session_config_entry(str(key), str(value))
         available = ort.get_available_providers()
         if names[0] not in available:
@@ -274,14 +279,29 @@ class OnnxRuntimeBackend(Backend):
         precision: str = "fp32",
         cache_dir: str | os.PathLike[str] | None = None,
         upsample_mode: str = "bicubic",
+        decoder_runtime: str = "onnxruntime",
         **options: Any,
     ) -> OnnxRuntimeBackend:
         """`<name>_encoder.onnx` (ours or official); or a .pth/.safetensors checkpoint, exported
-        once into the cache folder (EDGESAM_CACHE_DIR or ~/.cache/edgesam) and reused."""
+        once into the cache folder (EDGESAM_CACHE_DIR or ~/.cache/edgesam) and reused.
+
+        decoder_runtime="torch" (checkpoints only) decodes with the PyTorch model instead:
+        on a CPU ONNX Runtime runs the encoder faster and PyTorch, whose decoder caches the
+        image-side work per embedding, the clicks (bench/encoder.py)."""
+        if decoder_runtime not in ("onnxruntime", "torch"):
+            raise ValueError("decoder_runtime must be onnxruntime or torch")
         if path is not None and Path(path).suffix == ".onnx":
             return cls(path, decoder_path, device, precision, **options)
         encoder, decoder = export_cached(path, cache_dir, upsample_mode)
-        return cls(encoder, decoder, device, precision, **options)
+        backend = cls(encoder, decoder, device, precision, **options)
+        if decoder_runtime == "torch" and path is not None:
+            from engine.backends.torch_backend import TorchBackend
+            from engine.loader import build_edge_sam
+
+            model = build_edge_sam(path, upsample_mode=upsample_mode)  # type: ignore[arg-type]
+            backend._torch_decoder = TorchBackend(model, optimize=False)
+            backend.info.details["decode_runtime"] = "torch"
+        return backend
 
     # -- the interface ------------------------------------------------------------------------
 
@@ -300,6 +320,10 @@ class OnnxRuntimeBackend(Backend):
         point_labels: torch.Tensor,
         mask_input: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._torch_decoder is not None:
+            return self._torch_decoder.decode(
+                image_embeddings, point_coords, point_labels, mask_input
+            )
         b = point_coords.shape[0]
         if (
             point_coords.ndim != 3

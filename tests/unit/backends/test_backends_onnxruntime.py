@@ -300,3 +300,31 @@ def test_checkpoint_export_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyP
     ckpt.write_bytes(b"weights-2")  # new content -> new export
     third = export_cached(ckpt, tmp_path / "cache")
     assert third != first and len(calls) == 2
+
+
+def test_torch_decoder_with_onnxruntime_encoder(
+    exported, case_a_dir: Path, golden, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """decoder_runtime="torch": ONNX Runtime encodes, the PyTorch model decodes (what `auto`
+    picks on a CPU for a checkpoint); answers still match the official outputs."""
+    import engine.backends.onnxruntime_backend as ort_module
+    from engine import load_model
+    from engine.core import decode, encode_images
+
+    pair = (exported["encoder"], exported["decoder"])
+    monkeypatch.setattr(ort_module, "export_cached", lambda *a, **k: pair)
+    monkeypatch.setattr("engine.backends.select._has_module", lambda name: name == "onnxruntime")
+    backend = load_model(case_a_dir / "weights.safetensors", backend="auto")
+    assert backend.info.name == "onnxruntime" and backend.info.details["decode_runtime"] == "torch"
+    emb = encode_images(backend, [golden["image"]])[0]
+    assert np.abs(emb.embedding.numpy() - golden["image_embedding"]).max() < 1e-4
+    res = decode(
+        backend,
+        emb,
+        point_coords=golden["p6_point_coords"],
+        point_labels=golden["p6_point_labels"],
+        mask_input=golden["p6_mask_input"],
+    )
+    assert np.abs(res.low_res_logits.numpy() - golden["p6_low_res_logits"]).max() < 1e-3
+    plain = OnnxRuntimeBackend.from_path(case_a_dir / "weights.safetensors")
+    assert "decode_runtime" not in plain.info.details
