@@ -215,3 +215,27 @@ def test_bgr_input_equals_rgb(case_a_model, golden):
     predictor = EdgeSamPredictor(case_a_model)
     predictor.set_image(np.ascontiguousarray(golden["image"][..., ::-1]), image_format="BGR")
     assert max_abs(predictor.get_image_embedding(), golden["image_embedding"]) < ABS_TOL
+
+
+@pytest.mark.parametrize("name", CALLS)
+def test_stateless_core_matches_every_call(case_a_model, golden, name):
+    """Each predictor call of case A through engine.core (the service's path)."""
+    backend = TorchBackend(case_a_model)
+    from engine.core import ImageEmbedding
+
+    emb = ImageEmbedding(torch.from_numpy(golden["image_embedding"]), (512, 512), (1024, 1024))
+    kw = call_kwargs(golden, name)
+    res = decode(
+        backend,
+        emb,
+        point_coords=kw.get("point_coords"),
+        point_labels=kw.get("point_labels"),
+        boxes=kw.get("box"),
+        mask_input=kw.get("mask_input"),
+        num_multimask_outputs=NUM_OUTPUTS[name],
+    )
+    assert max_abs(res.low_res_logits[0], golden[f"{name}_low_res_logits"]) < ABS_TOL
+    scores = res.stability_scores if name in STABILITY else res.iou_predictions
+    assert max_abs(scores[0], golden[f"{name}_iou"]) < ABS_TOL
+    assert max_abs(res.iou_predictions[0], golden[f"{name}_iou_head"]) < ABS_TOL
+    assert_masks_match(res.masks()[0].numpy(), golden[f"{name}_masks"])
