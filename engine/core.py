@@ -32,11 +32,14 @@ STABILITY_OFFSET = 1.0
 class ImageEmbedding:
     """One image's embedding plus the sizes needed to map prompts and masks.
 
-    embedding: 1x256x64x64 float32; original_size and input_size are (h, w)."""
+    embedding: 1x256x64x64 float32; original_size and input_size are (h, w);
+    proposals: Nx5 (x0, y0, x1, y1 in the 1024 frame, score) from the optional
+    granularity-priors head, or None."""
 
     embedding: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    proposals: torch.Tensor | None = None
 
 
 @dataclass
@@ -80,6 +83,56 @@ def encode_images(backend: Backend, images: Sequence[np.ndarray]) -> list[ImageE
         ImageEmbedding(embeddings[i : i + 1].float(), orig, inp)
         for i, (orig, inp) in enumerate(sizes)
     ]
+
+
+def encode_image_with_priors(
+    backend: Backend, priors: torch.nn.Module, image: np.ndarray
+) -> ImageEmbedding:
+    """Embedding plus granularity-prior proposals (EdgeSAM's optional box head on the
+    encoder's multi-scale features); needs the PyTorch backend (`backend.model`)."""
+    from engine.distill.priors import encode_with_priors
+
+    model = getattr(backend, "model", None)
+    if model is None:
+        raise UnsupportedPrompt("granularity priors need the PyTorch backend")
+    x, input_size = preprocess_image(image)
+    with torch.inference_mode():
+        emb, found = encode_with_priors(model, priors, x.to(model.device))
+    boxes, scores = found[0]
+    proposals = torch.cat([boxes.float(), scores.float()[:, None]], dim=1).cpu()
+    size = (int(image.shape[0]), int(image.shape[1]))
+    return ImageEmbedding(emb[:1].float().cpu(), size, input_size, proposals)
+
+
+def prior_box(image: ImageEmbedding, point_1024: torch.Tensor) -> torch.Tensor | None:
+    """The proposal (1x4, 1024 frame) the priors pick for one point (x, y in the 1024 frame):
+    the best-scoring of the nearest proposals that contain it; None without one."""
+    if image.proposals is None or image.proposals.numel() == 0:
+        return None
+    from engine.distill.priors import prior_boxes_for_points
+
+    boxes, scores = image.proposals[:, :4], image.proposals[:, 4]
+    box, found = prior_boxes_for_points(boxes, scores, point_1024.reshape(1, 2).float())
+    return box[:1].float() if bool(found[0]) else None
+
+
+def with_prior_box(
+    image: ImageEmbedding, coords_1024: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a point-only prompt (1xNx2 with its padding point, 1xN), add the prior box of its
+    first foreground point as box corners, as the EdgeSAM paper does; else unchanged."""
+    from engine.modeling.prompt_encoder import LABEL_FOREGROUND, LABEL_PADDING, merge_prompts
+
+    if coords_1024.shape[0] != 1 or bool((labels >= 2).any()):
+        return coords_1024, labels
+    foreground = (labels[0] == LABEL_FOREGROUND).nonzero()
+    if len(foreground) == 0:
+        return coords_1024, labels
+    box = prior_box(image, coords_1024[0, int(foreground[0])])
+    if box is None:
+        return coords_1024, labels
+    keep = labels[0] != LABEL_PADDING
+    return merge_prompts((coords_1024[:, keep], labels[:, keep]), box)
 
 
 def prompts_to_points(

@@ -22,7 +22,9 @@ from engine.core import (
     STABILITY_OFFSET,
     ImageEmbedding,
     decode_points,
+    encode_image_with_priors,
     encode_images,
+    prior_box,
 )
 from engine.modeling import EdgeSam
 from engine.modeling.prompt_encoder import merge_prompts
@@ -132,30 +134,14 @@ class EdgeSamPredictor:
         if self.priors is None:
             self._image = encode_images(self.model, [image])[0]
         else:
-            self._image, self._proposals = self._encode_with_priors(image)
+            self._image = encode_image_with_priors(self.model, self.priors, image)
         self._set_sizes()
 
-    @torch.inference_mode()
-    def _encode_with_priors(
-        self, image: np.ndarray
-    ) -> tuple[ImageEmbedding, tuple[torch.Tensor, torch.Tensor]]:
-        from engine.distill.priors import encode_with_priors
-
-        x, input_size = preprocess_image(image)
-        model = self.model.model
-        emb, proposals = encode_with_priors(model, self.priors, x.to(model.device))
-        size = (int(image.shape[0]), int(image.shape[1]))
-        return ImageEmbedding(emb[:1].float().cpu(), size, input_size), proposals[0]
-
     def prior_box(self, point_1024: torch.Tensor) -> torch.Tensor | None:
-        """The proposal (1x4, 1024 frame) the priors pick for a point (1x2), or None."""
-        if self.priors is None or self._proposals is None:
+        """The proposal (1x4, 1024 frame) the priors pick for a point (x, y), or None."""
+        if self._image is None:
             return None
-        from engine.distill.priors import prior_boxes_for_points
-
-        boxes, scores = self._proposals
-        box, found = prior_boxes_for_points(boxes.cpu(), scores.cpu(), point_1024.reshape(1, 2))
-        return box[:1].float() if bool(found[0]) else None
+        return prior_box(self._image, point_1024)
 
     def set_torch_image(
         self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]
@@ -199,7 +185,6 @@ class EdgeSamPredictor:
 
     def reset_image(self) -> None:
         self._image: ImageEmbedding | None = None
-        self._proposals: tuple[torch.Tensor, torch.Tensor] | None = None
         self.is_image_set = False
         self.features: torch.Tensor | None = None
         self.original_size: tuple[int, int] | None = None

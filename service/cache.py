@@ -167,8 +167,10 @@ class TensorCache:
         retry_seconds: float = 2.0,
         max_connections: int = 32,
         dtype: str = "float16",
+        with_priors: bool = False,
     ) -> None:
         self.metrics = metrics
+        self.with_priors = with_priors
         self.fingerprint = fingerprint
         self.ttl = ttl_seconds
         self.lru = ByteLRU(lru_max_bytes)
@@ -192,6 +194,9 @@ class TensorCache:
     # -- keys -----------------------------------------------------------------------------
     def embedding_key(self, image_id: str) -> str:
         return f"{self.prefix}emb:{self.fingerprint}:{image_id}"
+
+    def priors_key(self, image_id: str) -> str:
+        return f"{self.prefix}priors:{self.fingerprint}:{image_id}"
 
     def mask_key(self, mask_id: str) -> str:
         return f"{self.prefix}mask:{self.fingerprint}:{mask_id}"
@@ -322,11 +327,20 @@ class TensorCache:
         if got is None:
             return None
         entry, ttl = got
+        proposals = None
+        if self.with_priors:
+            found = await self._get("priors", self.priors_key(image_id), self._expect("priors"))
+            proposals = None if found is None else found[0].tensor.reshape(-1, 5)
         try:
+            tensor = entry.tensor
+            if tuple(tensor.shape) != (1, 256, 64, 64):
+                tensor = tensor.reshape(1, 256, 64, 64)
+            # the same tensor object on every LRU hit: the decoder keys its per-image cache on it
             emb = ImageEmbedding(
-                entry.tensor.reshape(1, 256, 64, 64),
+                tensor,
                 tuple(entry.meta["original_size"]),  # type: ignore[arg-type]
                 tuple(entry.meta["input_size"]),  # type: ignore[arg-type]
+                proposals,
             )
         except (KeyError, RuntimeError, TypeError) as exc:
             self.metrics.cache_errors.labels("get", "corrupt").inc()
@@ -343,11 +357,16 @@ class TensorCache:
         }
         tensor = emb.embedding.detach().float().contiguous()
         await self._put(self.embedding_key(image_id), Entry(tensor, meta))
+        if emb.proposals is not None:
+            boxes = emb.proposals.detach().float().reshape(-1, 5).contiguous()
+            await self._put(self.priors_key(image_id), Entry(boxes, self._expect("priors")))
 
     async def has_embedding(self, image_id: str) -> bool:
         return await self._exists(self.embedding_key(image_id))
 
     async def delete_embedding(self, image_id: str) -> bool:
+        if self.with_priors:
+            await self._delete(self.priors_key(image_id))
         return await self._delete(self.embedding_key(image_id))
 
     # -- mask logits (for refinement) -----------------------------------------------------

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     engine_cache_dir: Path = Field(default_factory=lambda: default_cache_root() / "engines")
     torch_threads: int | None = Field(None, ge=1, le=256)
+    priors_checkpoint: Path | None = Field(
+        None,
+        description="checkpoint with EdgeSAM's granularity-priors head (fpn.*/rpn_head.*): "
+        "point-only prompts then also get the best proposal containing the point as a box",
+    )
 
     # Roles and transports
     role: Literal["all", "encoder", "decoder"] = "all"
@@ -110,6 +115,13 @@ class Settings(BaseSettings):
     def _check_combinations(self) -> "Settings":
         if self.checkpoint is not None and not self.checkpoint.is_file():
             raise ValueError(f"EDGESAM_CHECKPOINT={self.checkpoint} is not a file")
+        if self.priors_checkpoint is not None:
+            if not self.priors_checkpoint.is_file():
+                raise ValueError(
+                    f"EDGESAM_PRIORS_CHECKPOINT={self.priors_checkpoint} is not a file"
+                )
+            if self.backend != "torch":
+                raise ValueError("EDGESAM_PRIORS_CHECKPOINT needs EDGESAM_BACKEND=torch")
         if self.grpc_port and self.grpc_port == self.http_port:
             raise ValueError("EDGESAM_GRPC_PORT and EDGESAM_HTTP_PORT must differ")
         if self.device.startswith("cpu") and self.precision != "fp32":

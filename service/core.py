@@ -22,7 +22,13 @@ import numpy as np
 import torch
 
 from engine.backends.base import Backend, BackendError, UnsupportedPrompt
-from engine.core import ImageEmbedding, decode_points, prompts_to_points
+from engine.core import (
+    ImageEmbedding,
+    decode_points,
+    encode_image_with_priors,
+    prompts_to_points,
+    with_prior_box,
+)
 from engine.transforms import preprocess_image
 from service import codecs
 from service.cache import TensorCache
@@ -114,9 +120,16 @@ class LocalEncoder:
     """Runs the backend's encoder here: through engine.batching.EncoderBatcher when that
     module exists, otherwise one image per call on a bounded thread pool."""
 
-    def __init__(self, backend: Backend, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        settings: Settings,
+        metrics: Metrics,
+        priors: torch.nn.Module | None = None,
+    ) -> None:
         self.backend = backend
         self.metrics = metrics
+        self.priors = priors
         self._prep = BoundedExecutor(
             "preprocess", 2, settings.encode_max_queue, metrics, settings.retry_after_seconds
         )
@@ -128,7 +141,8 @@ class LocalEncoder:
             from engine import batching  # written beside this module; optional until merged
         except ImportError:
             batching = None
-        if batching is not None and hasattr(batching, "EncoderBatcher"):
+        # With priors the encoder's stage maps are needed too: one image per call, unbatched.
+        if priors is None and batching is not None and hasattr(batching, "EncoderBatcher"):
             self._batcher = batching.EncoderBatcher(
                 backend,
                 max_batch=min(settings.encode_max_batch, backend.info.max_batch),
@@ -161,6 +175,12 @@ class LocalEncoder:
         return await self._exec.run(self._encode_sync, image)
 
     def _encode_sync(self, image: np.ndarray) -> ImageEmbedding:
+        if self.priors is not None:
+            start = time.perf_counter()
+            emb = encode_image_with_priors(self.backend, self.priors, image)
+            self.metrics.encoder_latency.observe(time.perf_counter() - start)
+            self.metrics.encoder_batch_size.observe(1)
+            return emb
         tensor, input_size = preprocess_image(image)
         start = time.perf_counter()
         emb = self.backend.encode(tensor)
@@ -258,6 +278,7 @@ class SegmentationService:
         self.backend = backend
         self.encoder = encoder
         self.forwarder = forwarder
+        self.priors: torch.nn.Module | None = None
         self.cache: TensorCache | None = None
         self.checkpoint = settings.resolved_checkpoint() if backend is None else None
         if random_weights is None:
@@ -323,9 +344,17 @@ class SegmentationService:
                 retry_seconds=s.redis_retry_seconds,
                 max_connections=s.redis_max_connections,
                 dtype=s.cache_dtype,
+                with_priors=s.priors_checkpoint is not None,
             )
+            if s.priors_checkpoint is not None and self.priors is None:
+                from engine.distill.priors import load_priors
+
+                self.priors = await asyncio.to_thread(
+                    load_priors, s.priors_checkpoint, device=s.device
+                )
+                log.info("granularity priors on, from %s", s.priors_checkpoint)
             if self.encoder is None and s.role != "decoder":
-                self.encoder = LocalEncoder(backend, s, self.metrics)
+                self.encoder = LocalEncoder(backend, s, self.metrics, self.priors)
             degraded = await self.cache.check()
             if degraded:
                 log.warning("starting with the cache degraded: %s", degraded)
@@ -492,6 +521,8 @@ class SegmentationService:
         start = time.perf_counter()
         try:
             coords, point_labels = prompts_to_points(emb.original_size, points, labels, boxes)
+            if req.use_priors and emb.proposals is not None:
+                coords, point_labels = with_prior_box(emb, coords, point_labels)
             res = decode_points(backend, emb, coords, point_labels, mask_input, req.num_masks)
         except UnsupportedPrompt as exc:
             raise UnsupportedPromptError(str(exc)) from exc

@@ -72,9 +72,12 @@ def segment_fields(
     num_masks: int | None,
     mask_input_id: str | None,
     outputs: list[str],
+    use_priors: bool | None = None,
 ) -> SegmentRequest:
     """A SegmentRequest built through the schema (InvalidRequest on a schema violation)."""
     fields: dict[str, Any] = {"image_id": image_id, "output": outputs}
+    if use_priors is not None:
+        fields["use_priors"] = use_priors
     if points is not None:
         fields["points"] = points
     if labels is not None:
@@ -104,6 +107,7 @@ def segment_request_from_pb(msg: pb.SegmentRequest) -> SegmentRequest:
         num_masks=msg.num_masks if msg.HasField("num_masks") else None,
         mask_input_id=msg.mask_input_id or None,
         outputs=outputs_from_pb(msg.outputs),
+        use_priors=msg.use_priors if msg.HasField("use_priors") else None,
     )
 
 

@@ -49,6 +49,11 @@ class SegmentRequest(_Strict):
         1, description="1: the single-mask token; 3: the three multimask tokens; 4: all four"
     )
     output: list[OutputFormat] = Field(default_factory=lambda: ["rle"], min_length=1)
+    use_priors: bool = Field(
+        True,
+        description="where the service runs with granularity priors: add the best proposal "
+        "containing the first foreground point as a box to a point-only prompt",
+    )
 
 
 class Rle(_Strict):

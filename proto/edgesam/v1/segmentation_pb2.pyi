@@ -63,7 +63,7 @@ class Box(_message.Message):
     def __init__(self, x0: _Optional[float] = ..., y0: _Optional[float] = ..., x1: _Optional[float] = ..., y1: _Optional[float] = ...) -> None: ...
 
 class SegmentRequest(_message.Message):
-    __slots__ = ("image_id", "points", "labels", "box", "boxes", "num_masks", "mask_input_id", "outputs")
+    __slots__ = ("image_id", "points", "labels", "box", "boxes", "num_masks", "mask_input_id", "outputs", "use_priors")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class SegmentRequest(_message.Message):
     NUM_MASKS_FIELD_NUMBER: _ClassVar[int]
     MASK_INPUT_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    USE_PRIORS_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     points: _containers.RepeatedCompositeFieldContainer[Point]
     labels: _containers.RepeatedScalarFieldContainer[int]
@@ -80,7 +81,8 @@ class SegmentRequest(_message.Message):
     num_masks: int
     mask_input_id: str
     outputs: _containers.RepeatedScalarFieldContainer[OutputFormat]
-    def __init__(self, image_id: _Optional[str] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., labels: _Optional[_Iterable[int]] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., num_masks: _Optional[int] = ..., mask_input_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputFormat, str]]] = ...) -> None: ...
+    use_priors: bool
+    def __init__(self, image_id: _Optional[str] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., labels: _Optional[_Iterable[int]] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., num_masks: _Optional[int] = ..., mask_input_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., use_priors: _Optional[bool] = ...) -> None: ...
 
 class Rle(_message.Message):
     __slots__ = ("size", "counts")

@@ -157,3 +157,12 @@ def test_segment_result_translation() -> None:
     assert (mask.bbox.x, mask.bbox.y, mask.bbox.width, mask.bbox.height) == (1, 0, 2, 3)
     assert list(mask.polygons[0].xy) == [1.0, 0.0, 2.0, 0.0, 2.0, 2.0]
     assert mask.mask_index == 2 and msg.mask_input_id == "c" * 32
+
+
+def test_use_priors_crosses_the_grpc_boundary() -> None:
+    from service.grpc_convert import segment_request_from_pb
+
+    base = {"image_id": "a" * 64, "points": [pb.Point(x=1, y=2)], "labels": [1]}
+    assert segment_request_from_pb(pb.SegmentRequest(**base)).use_priors is True
+    off = segment_request_from_pb(pb.SegmentRequest(**base, use_priors=False))
+    assert off.use_priors is False
