@@ -31,12 +31,15 @@ def segment_fields(
     num_masks: int,
     mask_input_id: str | None,
     outputs: Outputs,
+    use_priors: bool = True,
 ) -> dict[str, Any]:
     """The request as the HTTP API spells it (the gRPC transport translates it)."""
     fields: dict[str, Any] = {"image_id": image_id, "num_masks": num_masks}
     fields.update(prompt_fields(points, labels, box, boxes))
     if mask_input_id:
         fields["mask_input_id"] = mask_input_id
+    if not use_priors:
+        fields["use_priors"] = False
     fields["output"] = list(outputs)
     return fields
 
@@ -131,12 +134,14 @@ class SyncClient:
         num_masks: int = 1,
         mask_input_id: str | None = None,
         outputs: Outputs = ("rle",),
+        use_priors: bool = True,
     ) -> SegmentResult:
         """Masks for points ([[x, y], ...], labels default to 1) and/or a box [x0, y0, x1,
-        y1] or boxes. `image` is an image_id or an image (embedded first when needed)."""
+        y1] or boxes. `image` is an image_id or an image (embedded first when needed).
+        `use_priors=False` turns off a server's granularity priors for this request."""
         image_id = self.image_id(image)
         fields = segment_fields(
-            image_id, points, labels, box, boxes, num_masks, mask_input_id, outputs
+            image_id, points, labels, box, boxes, num_masks, mask_input_id, outputs, use_priors
         )
         return self._healing(image_id, lambda: self._segment_raw(fields))
 
@@ -326,10 +331,11 @@ class AsyncClient:
         num_masks: int = 1,
         mask_input_id: str | None = None,
         outputs: Outputs = ("rle",),
+        use_priors: bool = True,
     ) -> SegmentResult:
         image_id = await self.image_id(image)
         fields = segment_fields(
-            image_id, points, labels, box, boxes, num_masks, mask_input_id, outputs
+            image_id, points, labels, box, boxes, num_masks, mask_input_id, outputs, use_priors
         )
         return await self._healing(image_id, lambda: self._segment_raw(fields))
 

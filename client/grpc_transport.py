@@ -115,6 +115,8 @@ def segment_message(fields: dict[str, Any]) -> pb.SegmentRequest:
         msg.num_masks = int(fields["num_masks"])
     if fields.get("mask_input_id"):
         msg.mask_input_id = fields["mask_input_id"]
+    if "use_priors" in fields:
+        msg.use_priors = bool(fields["use_priors"])
     return msg
 
 

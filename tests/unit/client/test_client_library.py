@@ -168,3 +168,15 @@ def test_importing_the_client_never_imports_the_server() -> None:
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_use_priors_is_sent_only_when_turned_off() -> None:
+    from client._base import segment_fields
+    from client.grpc_transport import segment_message
+
+    on = segment_fields("a" * 64, [[1, 2]], [1], None, None, 1, None, ("rle",))
+    off = segment_fields("a" * 64, [[1, 2]], [1], None, None, 1, None, ("rle",), False)
+    assert "use_priors" not in on and off["use_priors"] is False
+    assert not segment_message(on).HasField("use_priors")
+    msg = segment_message(off)
+    assert msg.HasField("use_priors") and msg.use_priors is False
