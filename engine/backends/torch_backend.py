@@ -11,6 +11,9 @@ from engine.fusion import fuse_encoder
 from engine.modeling import EdgeSam
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Prompts decoded together on a CPU (measured with everything mode, 16x16 points: groups of 4
+# took 9.7 s, 1: 12.2 s, 16: 12.6 s, 64: 15.7 s).
+CPU_DECODE_CHUNK = 4
 
 
 def weights_fingerprint(model: torch.nn.Module, extra: str = "") -> str:
@@ -113,5 +116,20 @@ class TorchBackend(Backend):
         mi = None if mask_input is None else mask_input.to(dev, torch.float32)
         # The decoder stays fp32: it is cheap, and the prompt encoder's Fourier features lose
         # their meaning in half precision.
-        logits, iou = self.model.decode(emb, coords, labels, mi)
-        return logits.float().cpu(), iou.float().cpu()
+        b = coords.shape[0]
+        chunk = CPU_DECODE_CHUNK if dev.type == "cpu" else b
+        if b <= chunk:
+            logits, iou = self.model.decode(emb, coords, labels, mi)
+            return logits.float().cpu(), iou.float().cpu()
+        # On a CPU a batch of 64 prompts makes 64x4096x256 key tensors that no cache holds;
+        # small groups on the shared per-image work ran everything mode 1.6x faster.
+        parts = [
+            self.model.decode(
+                emb if emb.shape[0] == 1 else emb[i : i + chunk],
+                coords[i : i + chunk],
+                labels[i : i + chunk],
+                None if mi is None else mi[i : i + chunk],
+            )
+            for i in range(0, b, chunk)
+        ]
+        return torch.cat([p[0] for p in parts]).float().cpu(), torch.cat([p[1] for p in parts])
