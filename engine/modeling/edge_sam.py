@@ -122,7 +122,7 @@ class EdgeSam(nn.Module):
 
     def _image_side(
         self, image_embeddings: torch.Tensor
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """What the decoder computes from the image alone when no mask is given: the key
         tokens (embedding + no-mask embedding) and their first-block k/v projections. Kept
         for the last few embeddings seen, so repeated clicks on one image skip that work."""

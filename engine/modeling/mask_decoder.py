@@ -8,6 +8,11 @@ from engine.modeling.common import MLP, LayerNorm2d
 from engine.modeling.transformer import TwoWayTransformer
 
 
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    """Exact GELU, in place when autograd does not need the input (saves a 2-8 MB pass)."""
+    return F.gelu(x) if x.requires_grad else torch.ops.aten.gelu_(x)
+
+
 def mask_slice(num_multimask_outputs: int) -> slice:
     """1 -> token 0 (single mask); 3 -> tokens 1..3 (SAM's multimask); 4 -> all four."""
     if num_multimask_outputs == 1:
@@ -63,7 +68,7 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor | None,
-        first_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        first_kv: tuple[torch.Tensor, ...] | None = None,
         src_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All four mask tokens.
@@ -112,9 +117,9 @@ class MaskDecoder(nn.Module):
         w1 = convt1.weight.permute(0, 2, 3, 1).reshape(convt1.in_channels, 4 * mid)
         x = torch.addmm(convt1.bias.repeat(4), keys.reshape(-1, keys.shape[-1]), w1)
         x = F.layer_norm(x.reshape(-1, mid), (mid,), norm.weight, norm.bias, norm.eps)
-        x = F.gelu(x)
+        x = _gelu(x)
         w2 = convt2.weight.permute(0, 2, 3, 1).reshape(mid, 4 * out)
-        x = F.gelu(torch.addmm(convt2.bias.repeat(4), x, w2))
+        x = _gelu(torch.addmm(convt2.bias.repeat(4), x, w2))
         masks = x.reshape(b, -1, out) @ hyper_in.transpose(1, 2)  # B x (h w a b c d) x T
         t = hyper_in.shape[1]
         masks = masks.reshape(b, h, w, 2, 2, 2, 2, t).permute(0, 7, 1, 3, 5, 2, 4, 6)

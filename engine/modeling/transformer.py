@@ -58,19 +58,27 @@ class Attention(nn.Module):
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q BxNqxC, k/v BxNkxC (k/v batch may be 1). Picks the cheaper of two exact
-        factorings: when queries are few (tokens attending to 4096 image positions), the
-        projections are moved to the query side instead of projecting every key; when keys
-        are few (image positions attending to tokens), to the key side."""
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """q BxNqxC, k/v BxNkxC (k/v batch may be 1); returns `residual` + attention when a
+        residual is given. Picks the cheaper of two exact factorings: when queries are few
+        (tokens attending to 4096 image positions), the projections are moved to the query
+        side instead of projecting every key; when keys are few (image positions attending
+        to tokens), to the key side, where the residual add rides in the last product."""
         heads = self.num_heads
-        if not self.factorized:
-            return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
-        if q.shape[1] * heads < self.internal_dim and k.shape[1] > self.internal_dim:
-            return self._few_queries(q, k, v)
-        if k.shape[1] * heads < self.internal_dim and q.shape[1] > self.internal_dim:
-            return self._few_keys(q, k, v)
-        return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
+        if self.factorized:
+            if q.shape[1] * heads < self.internal_dim and k.shape[1] > self.internal_dim:
+                out = self._few_queries(q, k, v)
+                return out if residual is None else residual + out
+            if k.shape[1] * heads < self.internal_dim and q.shape[1] > self.internal_dim:
+                return self._few_keys(q, k, v, residual)
+        out = self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
+        return out if residual is None else residual + out
 
     def _head_weights(self, linear: nn.Linear) -> torch.Tensor:
         """internal x C weight of a q/k/v projection as heads x d x C."""
@@ -92,7 +100,13 @@ class Attention(nn.Module):
         out = torch.einsum("bhnc,hdc->bhnd", ctx, wv) + self.v_proj.bias.reshape(h, 1, -1)
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, -1))
 
-    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _few_keys(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         # scores_h = (q Wq_h + bq_h) kh^T = q (kh Wq_h)^T + bq_h kh^T, with kh = k Wk_h + bk_h.
         b, nk, _ = k.shape
         h = self.num_heads
@@ -109,8 +123,14 @@ class Attention(nn.Module):
         vh = self._split(self.v_proj(v))  # B h Nk d
         wo = self.out_proj.weight.reshape(-1, h, vh.shape[-1])  # C h d
         v_out = torch.einsum("bhtd,chd->bhtc", vh, wo).reshape(b, h * nk, -1)
-        out_bias = self.out_proj.bias.reshape(1, 1, -1).expand(b, 1, -1)
-        return torch.baddbmm(out_bias, attn.reshape(b, nq, h * nk), v_out)
+        if residual is None:
+            out_bias = self.out_proj.bias.reshape(1, 1, -1).expand(b, 1, -1)
+            return torch.baddbmm(out_bias, attn.reshape(b, nq, h * nk), v_out)
+        # Each head's attention row sums to one, so the rows of attn sum to h: adding bo / h
+        # to every row of v_out adds bo once, and the residual rides in the same product.
+        v_out = v_out + self.out_proj.bias / h
+        residual = residual.expand(b, -1, -1) if residual.shape[0] != b else residual
+        return torch.baddbmm(residual, attn.reshape(b, nq, h * nk), v_out)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -147,11 +167,13 @@ class TwoWayAttentionBlock(nn.Module):
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
         token_to_image_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        keys_with_pe: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """queries BxNxC, keys BxHWxC (or 1xHWxC when shared by the batch).
 
         `token_to_image_kv` are precomputed k/v projections of `keys + key_pe` and `keys`,
-        valid when the keys depend on the image only (first block, no mask input).
+        and `keys_with_pe` that sum, valid when the keys depend on the image only (first
+        block, no mask input).
         """
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
@@ -162,11 +184,12 @@ class TwoWayAttentionBlock(nn.Module):
 
         q = queries + query_pe
         attn = self.cross_attn_token_to_image
-        k = keys + key_pe  # the keys do not change until the image->token step below
+        # the keys do not change until the image->token step below
+        k = keys + key_pe if keys_with_pe is None else keys_with_pe
         if token_to_image_kv is None:
             attn_out = attn(q, k, keys)
         else:
-            attn_out = attn.attend(attn.q_proj(q), *token_to_image_kv)
+            attn_out = attn.attend(attn.q_proj(q), token_to_image_kv[0], token_to_image_kv[1])
         queries = self.norm2(queries + attn_out)
         queries = self.norm3(queries + self.mlp(queries))
 
@@ -174,7 +197,7 @@ class TwoWayAttentionBlock(nn.Module):
         if k.shape[0] != q.shape[0]:
             k = k.expand(q.shape[0], -1, -1)
             keys = keys.expand(q.shape[0], -1, -1)
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        keys = self.norm4(self.cross_attn_image_to_token(k, q, queries, residual=keys))
         return queries, keys
 
 
@@ -209,20 +232,22 @@ class TwoWayTransformer(nn.Module):
 
     def first_keys_kv(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """k/v projections of the first block's token->image attention for one image
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """k/v projections of the first block's token->image attention for one image, and
+        the keys plus their positional encoding
         (1xCxHxW embedding with the no-mask dense prompt already added)."""
         keys = to_tokens(image_embedding)
         pe = to_tokens(image_pe)
         attn = self.layers[0].cross_attn_token_to_image
-        return attn.k_proj(keys + pe), attn.v_proj(keys)
+        keys_with_pe = keys + pe
+        return attn.k_proj(keys_with_pe), attn.v_proj(keys), keys_with_pe
 
     def forward(
         self,
         image_embedding: torch.Tensor,
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
-        first_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        first_kv: tuple[torch.Tensor, ...] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embedding BxCxHxW (B may be 1 for a batch of prompts on one image),
         image_pe 1xCxHxW, point_embedding BxNxC -> (queries BxNxC, keys BxHWxC)."""
@@ -230,9 +255,11 @@ class TwoWayTransformer(nn.Module):
         key_pe = to_tokens(image_pe)
         queries = point_embedding
         for i, layer in enumerate(self.layers):
-            queries, keys = layer(
-                queries, keys, point_embedding, key_pe, first_kv if i == 0 else None
-            )
+            if i == 0 and first_kv is not None:
+                kv, with_pe = (first_kv[0], first_kv[1]), first_kv[2]
+            else:
+                kv, with_pe = None, None
+            queries, keys = layer(queries, keys, point_embedding, key_pe, kv, with_pe)
         q = queries + point_embedding
         k = keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
