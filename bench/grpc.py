@@ -31,37 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
 
+from bench._common import checkpoint, free_port, load_image, pct  # noqa: E402
 from client import SyncClient, connect  # noqa: E402
 from client._common import image_bytes  # noqa: E402
-
-
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) * 1e3
-
-
-def checkpoint(arg: str | None) -> Path | None:
-    if arg:
-        return Path(arg)
-    if os.environ.get("EDGESAM_CHECKPOINT"):
-        return Path(os.environ["EDGESAM_CHECKPOINT"])
-    ref = REPO.parent / "shared" / "reference" / "case_a" / "weights.safetensors"
-    return ref if ref.is_file() else None
-
-
-def load_image() -> np.ndarray:
-    ref = REPO.parent / "shared" / "reference" / "case_a" / "golden.npz"
-    if ref.is_file():
-        with np.load(ref) as z:
-            return z["image"]
-    return np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_server(ckpt: Path | None, redis_url: str | None, log: Path, fake: bool) -> tuple:

@@ -9,7 +9,6 @@ asserts nothing (the target is HTTP p50 <= 1.15 x in-process decode p50).
 """
 
 import argparse
-import os
 import statistics
 import sys
 import threading
@@ -23,6 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import checkpoint, load_image, pct  # noqa: E402
 from engine.core import decode, encode_images  # noqa: E402
 from engine.loader import load_model  # noqa: E402
 from service import codecs  # noqa: E402
@@ -32,30 +32,9 @@ from service.http_app import create_app  # noqa: E402
 from tests.conftest import UvicornThread, delete_prefix  # noqa: E402
 
 
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) * 1e3
-
-
 def line(name: str, lat: list[float], wall: float | None = None) -> str:
     rps = f"  {len(lat) / wall:7.1f} req/s" if wall else ""
     return f"{name:<38} p50 {pct(lat, 50):8.2f} ms  p99 {pct(lat, 99):8.2f} ms{rps}"
-
-
-def checkpoint(arg: str | None) -> Path | None:
-    if arg:
-        return Path(arg)
-    if os.environ.get("EDGESAM_CHECKPOINT"):
-        return Path(os.environ["EDGESAM_CHECKPOINT"])
-    ref = REPO.parent / "shared" / "reference" / "case_a" / "weights.safetensors"
-    return ref if ref.is_file() else None
-
-
-def load_image() -> np.ndarray:
-    ref = REPO.parent / "shared" / "reference" / "case_a" / "golden.npz"
-    if ref.is_file():
-        with np.load(ref) as z:
-            return z["image"]
-    return np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
 
 
 def main() -> int:

@@ -25,6 +25,7 @@ from engine.core import (
     encode_image_with_priors,
     encode_images,
     prior_box,
+    with_prior_box,
 )
 from engine.modeling import EdgeSam
 from engine.modeling.prompt_encoder import merge_prompts
@@ -247,10 +248,6 @@ class EdgeSamPredictor:
         if box is not None:
             box_1024 = self.transform.apply_boxes(np.asarray(box), self.original_size)
             boxes = torch.as_tensor(box_1024, dtype=torch.float32).reshape(-1, 4)[:1]
-        elif points is not None and use_priors and features is None:
-            foreground = (points[1][0] == 1).nonzero()
-            if len(foreground):
-                boxes = self.prior_box(points[0][0, int(foreground[0])])
         mask_t = None
         if mask_input is not None:
             mask_t = torch.as_tensor(np.asarray(mask_input), dtype=torch.float32)[None]
@@ -262,6 +259,7 @@ class EdgeSamPredictor:
             _num_outputs(multimask_output, num_multimask_outputs),
             return_logits,
             use_stability_score,
+            use_priors,
         )
         return masks[0].numpy(), scores[0].numpy(), low_res[0].numpy()
 
@@ -313,8 +311,11 @@ class EdgeSamPredictor:
         num_outputs: int,
         return_logits: bool,
         use_stability_score: bool,
+        use_priors: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         coords, labels = merge_prompts(points, boxes)
+        if use_priors:  # no-op without proposals (no priors, or features given by the caller)
+            coords, labels = with_prior_box(image, coords, labels)
         result = decode_points(self.model, image, coords, labels, mask_input, num_outputs)
         scores = result.stability_scores if use_stability_score else result.iou_predictions
         logits = upscale_logits(result.low_res_logits, image.input_size, image.original_size)
