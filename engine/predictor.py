@@ -19,7 +19,6 @@ import torch
 from engine.backends.base import Backend
 from engine.core import (
     MASK_THRESHOLD,
-    STABILITY_OFFSET,
     ImageEmbedding,
     decode_points,
     encode_image_with_priors,
@@ -29,7 +28,7 @@ from engine.core import (
 )
 from engine.modeling import EdgeSam
 from engine.modeling.prompt_encoder import merge_prompts
-from engine.transforms import IMAGE_SIZE, ResizeLongestSide, preprocess_image, upscale_logits
+from engine.transforms import IMAGE_SIZE, ResizeLongestSide, upscale_logits
 
 
 def as_backend(model: "EdgeSam | Backend") -> Backend:
@@ -323,4 +322,4 @@ class EdgeSamPredictor:
         return masks, scores, result.low_res_logits
 
 
-__all__ = ["EdgeSamPredictor", "STABILITY_OFFSET", "preprocess_image"]
+__all__ = ["EdgeSamPredictor", "as_backend"]

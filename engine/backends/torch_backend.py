@@ -2,7 +2,6 @@
 encoder, inference mode."""
 
 import hashlib
-import threading
 
 import torch
 
@@ -54,7 +53,6 @@ class TorchBackend(Backend):
         self.device = dev
         self.dtype = DTYPES[precision]
         self.optimize = optimize
-        self._lock = threading.Lock()
         # channels_last pays on both: oneDNN on the CPU; on an H200 (fp16, batch 32) 1308 img/s
         # against 1052 in NCHW, once the bicubic upsampling is a matmul (bench/gpu_profile.py).
         self._channels_last = optimize
