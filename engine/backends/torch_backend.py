@@ -2,6 +2,8 @@
 encoder, inference mode."""
 
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -13,6 +15,11 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Prompts decoded together on a CPU (measured with everything mode, 16x16 points: groups of 4
 # took 9.7 s, 1: 12.2 s, 16: 12.6 s, 64: 15.7 s).
 CPU_DECODE_CHUNK = 4
+# Inductor options for `compile=True` (torch.compile(options=...)). Measured on an H200, fp16,
+# batch 32, with the defaults ({}): 2382 img/s compiled against 1287 eager, for ~25 s of
+# compilation per batch bucket (bench/gpu_profile.py --compile; bench/gpu_compile.py compares
+# option sets).
+DEFAULT_COMPILE_OPTIONS: dict[str, Any] = {}
 
 
 def weights_fingerprint(model: torch.nn.Module, extra: str = "") -> str:
@@ -39,6 +46,7 @@ class TorchBackend(Backend):
         fingerprint: str | None = None,
         num_threads: int | None = None,
         compile: bool = False,
+        compile_options: Mapping[str, Any] | None = None,
     ) -> None:
         if precision not in DTYPES:
             raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
@@ -71,10 +79,12 @@ class TorchBackend(Backend):
         self._encoder = self._build_encoder()
         self._compiled = None
         if compile:
-            # Measured on an H200, fp16, batch 32: 2382 img/s compiled against 1287 eager
-            # (bench/gpu_profile.py --compile), for ~25 s of compilation per batch bucket.
-            self._compiled = torch.compile(self._encoder, dynamic=False)
+            options = dict(DEFAULT_COMPILE_OPTIONS if compile_options is None else compile_options)
+            self._compiled = torch.compile(self._encoder, dynamic=False, options=options or None)
             self.info.details["compiled"] = "true"
+            self.info.details["compile_options"] = ",".join(
+                f"{k}={v}" for k, v in sorted(options.items())
+            )
 
     def _build_encoder(self) -> torch.nn.Module:
         encoder = self.model.image_encoder
