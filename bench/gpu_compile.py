@@ -72,6 +72,12 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=400.0)
     parser.add_argument("--no-autotune", action="store_true")
     parser.add_argument(
+        "--only",
+        type=json.loads,
+        default=None,
+        help="time just this inductor option set (JSON), e.g. '{\"max_autotune\": true}'",
+    )
+    parser.add_argument(
         "--dry-run-cpu", action="store_true", help="exercise the plumbing on the CPU (fp32)"
     )
     args = parser.parse_args()
@@ -93,7 +99,7 @@ def main() -> int:
             pass
 
     elif torch.cuda.is_available():
-        dev, prec, dtype = dev, prec, torch.float16
+        dev, prec, dtype = "cuda", "fp16", torch.float16
         sync = torch.cuda.synchronize
     else:
         log("no CUDA device")
@@ -168,11 +174,14 @@ def main() -> int:
             if ms < best[0]:
                 best = (ms, name, options)
 
-        for name, options in BASE_VARIANTS.items():
+        if args.only is not None:
+            try_variant("only", args.only, min_left=0)
+        for name, options in ({} if args.only is not None else BASE_VARIANTS).items():
             try_variant(name, options, min_left=60)
         best_opts = dict(best[2])
-        try_variant("best+cudagraphs", {**best_opts, "triton.cudagraphs": True}, min_left=60)
-        if not args.no_autotune:
+        if args.only is None:
+            try_variant("best+cudagraphs", {**best_opts, "triton.cudagraphs": True}, min_left=60)
+        if not args.no_autotune and args.only is None:
             try_variant(
                 "best+max_autotune",
                 {**best_opts, "max_autotune": True, "triton.cudagraphs": False},
