@@ -175,7 +175,7 @@ def decode_points(
     num_multimask_outputs: int = 1,
 ) -> DecodeResult:
     """Decode labelled points already in the 1024 frame (BxNx2, BxN)."""
-    selected = mask_slice(num_multimask_outputs)
+    mask_slice(num_multimask_outputs)  # validates before any work
     if mask_input is not None:
         if not backend.info.supports_mask_input:
             raise UnsupportedPrompt(
@@ -185,8 +185,9 @@ def decode_points(
         mask_input = mask_input.to(torch.float32).reshape(-1, 1, 256, 256)
         if mask_input.shape[0] == 1 and coords_1024.shape[0] > 1:
             mask_input = mask_input.expand(coords_1024.shape[0], -1, -1, -1)
-    logits, iou = backend.decode(image.embedding, coords_1024, labels, mask_input)
-    logits, iou = logits[:, selected], iou[:, selected]
+    logits, iou = backend.decode(
+        image.embedding, coords_1024, labels, mask_input, num_multimask_outputs
+    )
     return DecodeResult(
         logits,
         iou,

@@ -51,6 +51,7 @@ class FakeBackend(Backend):
         point_coords: torch.Tensor,
         point_labels: torch.Tensor,
         mask_input: torch.Tensor | None = None,
+        num_multimask_outputs: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self.decode_calls += 1
         batch = point_coords.shape[0]
@@ -83,4 +84,4 @@ class FakeBackend(Backend):
         if mask_input is not None:
             logits = logits + 0.5 * mask_input.float().reshape(-1, 1, 256, 256)
         iou = torch.tensor([0.55, 0.65, 0.75, 0.85]).repeat(batch, 1) + 0.05 * level
-        return logits, iou.clamp(0.0, 1.0)
+        return self.select_outputs(logits, iou.clamp(0.0, 1.0), num_multimask_outputs)

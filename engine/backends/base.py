@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from engine.modeling.mask_decoder import mask_slice
+
 IMAGE_SIZE = 1024
 EMBED_SHAPE = (256, 64, 64)
 LOW_RES_SIZE = 256
@@ -72,12 +74,25 @@ class Backend(ABC):
         point_coords: torch.Tensor,
         point_labels: torch.Tensor,
         mask_input: torch.Tensor | None = None,
+        num_multimask_outputs: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embeddings 1x256x64x64 (shared by the batch) or Bx256x64x64;
         point_coords BxNx2 float32 (x, y) in the 1024 frame; point_labels BxN int64 in
         {-1 padding, 0 background, 1 foreground, 2 box top-left, 3 box bottom-right};
         mask_input Bx1x256x256 low-res logits or None.
-        Returns (low-res logits Bx4x256x256, IoU predictions Bx4), float32 on the CPU."""
+        Returns (low-res logits Bx4x256x256, IoU predictions Bx4), float32 on the CPU: all
+        four candidates, or with `num_multimask_outputs` (1, 3 or 4) just those of
+        `mask_slice` (BxK), which a backend may compute alone."""
+
+    @staticmethod
+    def select_outputs(
+        logits: torch.Tensor, iou: torch.Tensor, num_multimask_outputs: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For backends whose graph computes all four candidates: keep the requested ones."""
+        if num_multimask_outputs is None:
+            return logits, iou
+        selected = mask_slice(num_multimask_outputs)
+        return logits[:, selected], iou[:, selected]
 
     @property
     def fingerprint(self) -> str:

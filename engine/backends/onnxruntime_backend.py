@@ -319,11 +319,22 @@ class OnnxRuntimeBackend(Backend):
         point_coords: torch.Tensor,
         point_labels: torch.Tensor,
         mask_input: torch.Tensor | None = None,
+        num_multimask_outputs: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self._torch_decoder is not None:
             return self._torch_decoder.decode(
-                image_embeddings, point_coords, point_labels, mask_input
+                image_embeddings, point_coords, point_labels, mask_input, num_multimask_outputs
             )
+        logits, iou = self._decode_all(image_embeddings, point_coords, point_labels, mask_input)
+        return self.select_outputs(logits, iou, num_multimask_outputs)
+
+    def _decode_all(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         b = point_coords.shape[0]
         if (
             point_coords.ndim != 3

@@ -408,6 +408,7 @@ class TensorRTBackend(Backend):
         point_coords: torch.Tensor,
         point_labels: torch.Tensor,
         mask_input: torch.Tensor | None = None,
+        num_multimask_outputs: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         b = point_coords.shape[0]
         logits, ious = [], []
@@ -434,7 +435,7 @@ class TensorRTBackend(Backend):
             )
             logits.append(out["low_res_logits"].float().cpu())
             ious.append(out["iou_predictions"].float().cpu())
-        return torch.cat(logits), torch.cat(ious)
+        return self.select_outputs(torch.cat(logits), torch.cat(ious), num_multimask_outputs)
 
     def close(self) -> None:
         self._enc = None  # type: ignore[assignment]

@@ -10,6 +10,7 @@ import torch
 from engine.backends.base import Backend, BackendInfo, BackendUnavailable
 from engine.fusion import fuse_encoder
 from engine.modeling import EdgeSam
+from engine.modeling.mask_decoder import mask_slice
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Prompts decoded together on a CPU (measured with everything mode, 16x16 points: groups of 4
@@ -116,8 +117,10 @@ class TorchBackend(Backend):
         point_coords: torch.Tensor,
         point_labels: torch.Tensor,
         mask_input: torch.Tensor | None = None,
+        num_multimask_outputs: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.device
+        tokens = None if num_multimask_outputs is None else mask_slice(num_multimask_outputs)
         emb = image_embeddings.to(dev, torch.float32)
         coords = point_coords.to(dev, torch.float32)
         labels = point_labels.to(dev, torch.int64)
@@ -127,7 +130,7 @@ class TorchBackend(Backend):
         b = coords.shape[0]
         chunk = CPU_DECODE_CHUNK if dev.type == "cpu" else b
         if b <= chunk:
-            logits, iou = self.model.decode(emb, coords, labels, mi)
+            logits, iou = self.model.decode(emb, coords, labels, mi, tokens)
             return logits.float().cpu(), iou.float().cpu()
         # On a CPU a batch of 64 prompts makes 64x4096x256 key tensors that no cache holds;
         # small groups on the shared per-image work ran everything mode 1.6x faster.
@@ -137,6 +140,7 @@ class TorchBackend(Backend):
                 coords[i : i + chunk],
                 labels[i : i + chunk],
                 None if mi is None else mi[i : i + chunk],
+                tokens,
             )
             for i in range(0, b, chunk)
         ]

@@ -93,6 +93,7 @@ class EdgeSam(nn.Module):
         point_coords: torch.Tensor,
         point_labels: torch.Tensor,
         mask_input: torch.Tensor | None = None,
+        mask_tokens: slice | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode a batch of B prompts.
 
@@ -100,20 +101,29 @@ class EdgeSam(nn.Module):
         point_coords BxNx2 (x, y in the 1024 frame, box corners included),
         point_labels BxN in {-1, 0, 1, 2, 3} (see `merge_prompts`),
         mask_input Bx1x256x256 low-res logits or None.
-        Returns low-res logits Bx4x256x256 and IoU predictions Bx4 for all four mask tokens.
+        Returns low-res logits Bx4x256x256 and IoU predictions Bx4 for all four mask tokens,
+        or BxK for the K tokens of `mask_tokens` (a `mask_slice`), computed alone.
         """
         sparse = self.prompt_encoder.embed_labeled_points(point_coords, point_labels)
         if mask_input is None and image_embeddings.shape[0] == 1 and not self.training:
             src, first_kv = self._image_side(image_embeddings)
             return self.mask_decoder.predict_all(
-                image_embeddings, self._pe_tokens(), sparse, None, first_kv, src_tokens=src
+                image_embeddings,
+                self._pe_tokens(),
+                sparse,
+                None,
+                first_kv,
+                src_tokens=src,
+                mask_tokens=mask_tokens,
             )
         pe = self.dense_pe()
         if mask_input is None:
             dense = self.prompt_encoder.no_mask_dense(1)
         else:
             dense = self.prompt_encoder.embed_masks(mask_input)
-        return self.mask_decoder.predict_all(image_embeddings, pe, sparse, dense)
+        return self.mask_decoder.predict_all(
+            image_embeddings, pe, sparse, dense, mask_tokens=mask_tokens
+        )
 
     def _pe_tokens(self) -> torch.Tensor:
         if self._pe_tokens_cache is None:

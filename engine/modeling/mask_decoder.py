@@ -70,14 +70,15 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor | None,
         first_kv: tuple[torch.Tensor, ...] | None = None,
         src_tokens: torch.Tensor | None = None,
+        mask_tokens: slice | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All four mask tokens.
+        """All four mask tokens, or just `mask_tokens` (a `mask_slice`).
 
         image_embeddings 1xCx64x64 (shared by the batch) or BxCx64x64; image_pe 1xCx64x64;
         sparse BxNxC; dense BxCx64x64 or 1xCx64x64 (no-mask broadcast).
         `src_tokens` (1xHWxC, embedding + dense already added) and `first_kv` may be given
         precomputed for one image (see EdgeSam._image_side); image_pe may be 1xHWxC tokens.
-        Returns low-res logits Bx4x256x256 and IoU predictions Bx4.
+        Returns low-res logits BxKx256x256 and IoU predictions BxK, K = 4 or the selection's.
         """
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -85,13 +86,17 @@ class MaskDecoder(nn.Module):
             (output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings), dim=1
         )
         src = image_embeddings + dense_prompt_embeddings if src_tokens is None else src_tokens
-        hs, keys = self.transformer(src, image_pe, tokens, first_kv)
+        selected = slice(0, self.num_mask_tokens) if mask_tokens is None else mask_tokens
+        # Tokens past the last selected mask token only matter until the final attention,
+        # whose queries are independent: it runs on [iou, mask tokens ..selected.stop] alone.
+        hs, keys = self.transformer(src, image_pe, tokens, first_kv, 1 + selected.stop)
         iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+        mask_tokens_out = hs[:, 1 + selected.start : 1 + selected.stop, :]
 
         c, (h, w) = self.transformer_dim, image_embeddings.shape[-2:]
+        mlps = self.output_hypernetworks_mlps[selected]
         hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(mlps)],
             dim=1,
         )
         if self.fast_upscaling:
@@ -100,7 +105,7 @@ class MaskDecoder(nn.Module):
             upscaled = self.output_upscaling(keys.transpose(1, 2).reshape(b, c, h, w))
             b, c, h, w = upscaled.shape
             masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
-        return masks, self.iou_prediction_head(iou_token_out)
+        return masks, self.iou_prediction_head(iou_token_out)[:, selected]
 
     def _upscale_tokens(
         self, keys: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int

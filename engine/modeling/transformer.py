@@ -248,9 +248,12 @@ class TwoWayTransformer(nn.Module):
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
         first_kv: tuple[torch.Tensor, ...] | None = None,
+        num_queries_out: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embedding BxCxHxW (B may be 1 for a batch of prompts on one image),
-        image_pe 1xCxHxW, point_embedding BxNxC -> (queries BxNxC, keys BxHWxC)."""
+        image_pe 1xCxHxW, point_embedding BxNxC -> (queries BxNxC, keys BxHWxC).
+        `num_queries_out` keeps only the first queries through the final attention (each
+        query attends there on its own), returning BxnxC."""
         keys = to_tokens(image_embedding)
         key_pe = to_tokens(image_pe)
         queries = point_embedding
@@ -260,6 +263,9 @@ class TwoWayTransformer(nn.Module):
             else:
                 kv, with_pe = None, None
             queries, keys = layer(queries, keys, point_embedding, key_pe, kv, with_pe)
+        if num_queries_out is not None:
+            queries = queries[:, :num_queries_out]
+            point_embedding = point_embedding[:, :num_queries_out]
         q = queries + point_embedding
         k = keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))

@@ -68,12 +68,23 @@ class MemoBackend(Backend):
             self._memo[key] = (self.inner.encode(images),)
         return self._memo[key][0].clone()
 
-    def decode(self, image_embeddings, point_coords, point_labels, mask_input=None):
-        key = ("decode", *self._key(image_embeddings, point_coords, point_labels, mask_input))
+    def decode(
+        self,
+        image_embeddings,
+        point_coords,
+        point_labels,
+        mask_input=None,
+        num_multimask_outputs=None,
+    ):
+        key = (
+            "decode",
+            num_multimask_outputs,
+            *self._key(image_embeddings, point_coords, point_labels, mask_input),
+        )
         if key not in self._memo:
             self.calls["decode"] += 1
             self._memo[key] = self.inner.decode(
-                image_embeddings, point_coords, point_labels, mask_input
+                image_embeddings, point_coords, point_labels, mask_input, num_multimask_outputs
             )
         logits, iou = self._memo[key]
         return logits.clone(), iou.clone()
@@ -90,7 +101,14 @@ class ColourBackend(Backend):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return images[:, 0].reshape(images.shape[0], 256, 64, 64).clone()
 
-    def decode(self, image_embeddings, point_coords, point_labels, mask_input=None):
+    def decode(
+        self,
+        image_embeddings,
+        point_coords,
+        point_labels,
+        mask_input=None,
+        num_multimask_outputs=None,
+    ):
         image = image_embeddings[0].reshape(1024, 1024)
         low = image[2::4, 2::4]  # 256x256
         xy = point_coords[:, 0].long().clamp(0, 1023)
@@ -98,7 +116,8 @@ class ColourBackend(Backend):
         region = torch.where((low[None] - values[:, None, None]).abs() < 0.05, 4.0, -4.0)
         whole = torch.full_like(region, 4.0)
         logits = torch.stack([region, region, region, whole], dim=1)
-        return logits, torch.full((point_coords.shape[0], 4), 0.9)
+        iou = torch.full((point_coords.shape[0], 4), 0.9)
+        return self.select_outputs(logits, iou, num_multimask_outputs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,6 +44,26 @@ def test_fast_decoder_equals_textbook_decoder():
         assert torch.allclose(again[0], first[0], atol=1e-4)
 
 
+def test_selected_mask_tokens_equal_the_slice_of_all_four():
+    from engine.modeling import mask_slice
+
+    model = _random_model(1).eval()
+    emb = torch.randn(1, 256, 64, 64)
+    coords = torch.rand(3, 4, 2) * 1024
+    labels = torch.tensor([[1, 0, 2, 3], [1, -1, -1, -1], [0, 1, 1, -1]])
+    mask = torch.randn(3, 1, 256, 256)
+    with torch.inference_mode():
+        for mi in (None, mask):
+            full_logits, full_iou = model.decode(emb, coords, labels, mi)
+            assert full_logits.shape == (3, 4, 256, 256)
+            for n, k in ((1, 1), (3, 3), (4, 4)):
+                logits, iou = model.decode(emb, coords, labels, mi, mask_slice(n))
+                assert logits.shape == (3, k, 256, 256) and iou.shape == (3, k)
+                sel = mask_slice(n)
+                assert torch.allclose(logits, full_logits[:, sel], atol=1e-5)
+                assert torch.allclose(iou, full_iou[:, sel], atol=1e-6)
+
+
 def test_image_side_cache_follows_the_embedding():
     model = _random_model().eval()
     coords, labels = torch.tensor([[[100.0, 200.0], [0, 0]]]), torch.tensor([[1, -1]])
