@@ -32,9 +32,10 @@ import torch
 from torch import nn
 
 from engine.modeling import EdgeSam
+from engine.modeling.transformer import to_tokens
 
 FORMAT_NAME = "edgesam-serve"
-FORMAT_VERSION = "2"
+FORMAT_VERSION = "3"  # 3: adds the split decoder (<name>_decoder_image / _decoder_prompt)
 DEFAULT_OPSET = 17
 ENCODER_INPUTS = ("image",)
 ENCODER_OUTPUTS = ("image_embeddings",)
@@ -46,6 +47,11 @@ DECODER_INPUTS = (
     "has_mask_input",
 )
 DECODER_OUTPUTS = ("low_res_logits", "iou_predictions", "stability_scores")
+# The decoder split at the image/prompt boundary, for prompts without a mask input: the image
+# half runs once per embedding (its outputs are cached), the prompt half once per click.
+IMAGE_SIDE_INPUTS = ("image_embeddings",)
+IMAGE_SIDE_OUTPUTS = ("image_tokens", "first_keys", "first_values", "keys_with_pe")
+PROMPT_DECODER_INPUTS = (*IMAGE_SIDE_OUTPUTS, "point_coords", "point_labels")
 STABILITY_OFFSET = 1.0
 
 Progress = Callable[[str], None]
@@ -111,6 +117,67 @@ class DecoderForExport(nn.Module):
             image_embeddings, self.dense_pe, sparse, dense, None
         )
         return logits, iou, stability_scores_float(logits)
+
+
+class ImageSideForExport(nn.Module):
+    """What the decoder computes from one embedding alone when no mask is given: key tokens
+    (embedding + no-mask embedding), their sum with the positional encoding, and the first
+    block's token->image k/v projections (`EdgeSam._image_side`)."""
+
+    def __init__(self, model: EdgeSam) -> None:
+        super().__init__()
+        self.model = model.eval()
+        pe = to_tokens(model.prompt_encoder.get_dense_pe().detach())
+        self.register_buffer("pe_tokens", pe, False)
+
+    def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        no_mask = self.model.prompt_encoder.no_mask_embed.weight.reshape(1, 1, -1)
+        tokens = to_tokens(image_embeddings) + no_mask
+        keys, values, keys_with_pe = self.model.mask_decoder.transformer.first_keys_kv(
+            tokens, self.pe_tokens
+        )
+        return tokens, keys, values, keys_with_pe
+
+
+class PromptDecoderForExport(nn.Module):
+    """The per-prompt half: a batch of B prompts on the image side of one embedding."""
+
+    def __init__(self, model: EdgeSam) -> None:
+        super().__init__()
+        self.model = model.eval()
+        pe = to_tokens(model.prompt_encoder.get_dense_pe().detach())
+        self.register_buffer("pe_tokens", pe, False)
+        self.grid = model.prompt_encoder.image_embedding_size
+
+    def forward(
+        self,
+        image_tokens: torch.Tensor,
+        first_keys: torch.Tensor,
+        first_values: torch.Tensor,
+        keys_with_pe: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sparse = self.model.prompt_encoder.embed_labeled_points(point_coords, point_labels)
+        grid = image_tokens.new_zeros((1, 1, *self.grid))  # predict_all reads only its size
+        logits, iou = self.model.mask_decoder.predict_all(
+            grid,
+            self.pe_tokens,
+            sparse,
+            None,
+            (first_keys, first_values, keys_with_pe),
+            src_tokens=image_tokens,
+        )
+        return logits, iou, stability_scores_float(logits)
+
+
+def split_decoder_paths(decoder_path: Path) -> tuple[Path, Path]:
+    """`<name>_decoder.onnx` -> (`<name>_decoder_image.onnx`, `<name>_decoder_prompt.onnx`)."""
+    stem = decoder_path.name[: -len(".onnx")]
+    return (
+        decoder_path.with_name(f"{stem}_image.onnx"),
+        decoder_path.with_name(f"{stem}_prompt.onnx"),
+    )
 
 
 @dataclass(frozen=True)
@@ -203,6 +270,34 @@ def export_decoder(model: EdgeSam, path: Path, opset: int = DEFAULT_OPSET) -> No
     _export(module, example, path, DECODER_INPUTS, DECODER_OUTPUTS, axes, opset)
 
 
+def export_split_decoder(
+    model: EdgeSam, image_path: Path, prompt_path: Path, opset: int = DEFAULT_OPSET
+) -> None:
+    """Write the decoder's image half (batch 1) and prompt half (dynamic prompts, points)."""
+    image_side = ImageSideForExport(model)
+    example_emb = torch.randn((1, 256, 64, 64))
+    _export(
+        image_side, (example_emb,), image_path, IMAGE_SIDE_INPUTS, IMAGE_SIDE_OUTPUTS, {}, opset
+    )
+    with torch.no_grad():
+        side = image_side(example_emb)
+    b, n = 2, 3
+    example = (
+        *side,
+        torch.rand((b, n, 2)) * 1024,
+        torch.tensor([[1.0, 0.0, -1.0]] * b),
+    )
+    axes = {
+        "point_coords": {0: "batch", 1: "num_points"},
+        "point_labels": {0: "batch", 1: "num_points"},
+        "low_res_logits": {0: "batch"},
+        "iou_predictions": {0: "batch"},
+        "stability_scores": {0: "batch"},
+    }
+    module = PromptDecoderForExport(model)
+    _export(module, example, prompt_path, PROMPT_DECODER_INPUTS, DECODER_OUTPUTS, axes, opset)
+
+
 def export_onnx(
     model: EdgeSam,
     out_dir: str | os.PathLike[str],
@@ -245,6 +340,13 @@ def export_onnx(
     progress(
         f"  done in {time.perf_counter() - start:.1f}s ({dec_path.stat().st_size / 1e6:.1f} MB)"
     )
+    start = time.perf_counter()
+    image_path, prompt_path = split_decoder_paths(dec_path)
+    progress(f"exporting the split decoder (clicks without a mask) -> {image_path}, {prompt_path}")
+    export_split_decoder(model, image_path, prompt_path, opset)
+    _add_metadata(image_path, {**meta, "edgesam.role": "decoder_image"})
+    _add_metadata(prompt_path, {**meta, "edgesam.role": "decoder_prompt"})
+    progress(f"  done in {time.perf_counter() - start:.1f}s")
     return OnnxPair(enc_path, dec_path, fingerprint)
 
 
@@ -320,6 +422,8 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
         _print("[3/3] verification skipped (--no-verify)")
     _print(f"wrote {pair.encoder}")
     _print(f"wrote {pair.decoder}")
+    for path in split_decoder_paths(pair.decoder):
+        _print(f"wrote {path}")
     _print(f"fingerprint {pair.fingerprint}")
     return 0
 

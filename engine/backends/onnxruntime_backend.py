@@ -19,6 +19,8 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,8 @@ CPU_EP = "CPUExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
 TRT_EP = "TensorrtExecutionProvider"
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
+# Image-side decoder tensors (~12 MB per embedding) kept for the most recent embeddings.
+IMAGE_SIDE_CACHE_SIZE = 4
 
 
 def _import_ort() -> Any:
@@ -183,6 +187,7 @@ class OnnxRuntimeBackend(Backend):
         trt_cache_dir: str | None = None,
         max_batch: int = 32,
         fingerprint: str | None = None,
+        split_decoder: bool = True,
     ) -> None:
         ort = _import_ort()
         self._torch_decoder: Backend | None = None
@@ -241,6 +246,11 @@ class OnnxRuntimeBackend(Backend):
         self.max_batch = int(max_batch)
         self._zeros: dict[int, np.ndarray] = {}
         self._zeros_lock = threading.Lock()
+        self._image_side_sess: Any = None
+        self._prompt_sess: Any = None
+        self._side_cache: OrderedDict[int, tuple[Any, list[np.ndarray]]] = OrderedDict()
+        if split_decoder and self.format == FORMAT_OURS:
+            self._open_split_decoder(ort, opts, plan, available)
 
         from engine.export import file_digest, read_metadata
 
@@ -265,8 +275,68 @@ class OnnxRuntimeBackend(Backend):
                 "encoder": self.encoder_path.name,
                 "decoder": self.decoder_path.name,
                 "upsample_mode": meta.get("edgesam.upsample_mode", "bilinear (official export)"),
+                "split_decoder": str(self._prompt_sess is not None).lower(),
             },
         )
+
+    def _open_split_decoder(
+        self, ort: Any, opts: Any, plan: list[tuple[str, dict[str, str]]], available: list[str]
+    ) -> None:
+        """Sessions for `<name>_decoder_image.onnx` / `_decoder_prompt.onnx` when both lie
+        beside the decoder and were exported with it (same fingerprint); else the full
+        decoder serves every prompt."""
+        from engine.export import (
+            IMAGE_SIDE_OUTPUTS,
+            PROMPT_DECODER_INPUTS,
+            read_metadata,
+            split_decoder_paths,
+        )
+
+        image_path, prompt_path = split_decoder_paths(self.decoder_path)
+        if not (image_path.is_file() and prompt_path.is_file()):
+            return
+        want = read_metadata(self.decoder_path).get("edgesam.fingerprint")
+        for path, role in ((image_path, "decoder_image"), (prompt_path, "decoder_prompt")):
+            meta = read_metadata(path)
+            if meta.get("edgesam.role") != role or meta.get("edgesam.fingerprint") != want:
+                log.warning("ignoring %s: not exported with %s", path, self.decoder_path.name)
+                return
+        names = [name for name, _ in plan]
+        options = [o for _, o in plan]
+        try:
+            image_sess = ort.InferenceSession(
+                str(image_path), opts, providers=names, provider_options=options
+            )
+            prompt_sess = ort.InferenceSession(
+                str(prompt_path), opts, providers=names, provider_options=options
+            )
+        except Exception as exc:  # a damaged optional file must not stop the backend
+            log.warning("split decoder not used: %s", exc)
+            return
+        for sess in (image_sess, prompt_sess):
+            check_providers(names, available, sess.get_providers())
+        if [o.name for o in image_sess.get_outputs()] != list(IMAGE_SIDE_OUTPUTS) or [
+            i.name for i in prompt_sess.get_inputs()
+        ] != list(PROMPT_DECODER_INPUTS):
+            log.warning("split decoder not used: unexpected inputs/outputs")
+            return
+        self._image_side_sess, self._prompt_sess = image_sess, prompt_sess
+
+    def _image_side(self, image_embeddings: torch.Tensor, emb: np.ndarray) -> list[np.ndarray]:
+        """The image half's outputs for this embedding tensor, computed once while it lives
+        (repeated clicks on one image pass the same tensor)."""
+        key = id(image_embeddings)
+        with self._zeros_lock:
+            hit = self._side_cache.get(key)
+            if hit is not None and hit[0]() is image_embeddings:
+                self._side_cache.move_to_end(key)
+                return hit[1]
+        side = self._image_side_sess.run(None, {"image_embeddings": emb})
+        with self._zeros_lock:
+            self._side_cache[key] = (weakref.ref(image_embeddings), side)
+            while len(self._side_cache) > IMAGE_SIDE_CACHE_SIZE:
+                self._side_cache.popitem(last=False)
+        return side
 
     # -- construction from any model path ---------------------------------------------------
 
@@ -351,6 +421,16 @@ class OnnxRuntimeBackend(Backend):
             if mask_input is not None:
                 raise UnsupportedPrompt("the official ONNX decoder takes no mask_input")
             return self._decode_official(emb, coords, labels)
+        if mask_input is None and self._prompt_sess is not None and emb.shape[0] == 1:
+            from engine.export import IMAGE_SIDE_OUTPUTS
+
+            side = self._image_side(image_embeddings, emb)
+            feeds = {name: side[i] for i, name in enumerate(IMAGE_SIDE_OUTPUTS)}
+            logits, iou = self._prompt_sess.run(
+                ["low_res_logits", "iou_predictions"],
+                {**feeds, "point_coords": coords, "point_labels": labels},
+            )
+            return torch.from_numpy(logits), torch.from_numpy(iou)
         if mask_input is None:
             mask, has = self._zero_masks(b), np.zeros((1,), np.float32)
         else:
@@ -401,6 +481,8 @@ class OnnxRuntimeBackend(Backend):
     def close(self) -> None:
         self._enc = None  # type: ignore[assignment]
         self._dec = None  # type: ignore[assignment]
+        self._image_side_sess = self._prompt_sess = None
+        self._side_cache.clear()
 
 
 def export_cached(

@@ -328,3 +328,78 @@ def test_torch_decoder_with_onnxruntime_encoder(
     assert np.abs(res.low_res_logits.numpy() - golden["p6_low_res_logits"]).max() < 1e-3
     plain = OnnxRuntimeBackend.from_path(case_a_dir / "weights.safetensors")
     assert "decode_runtime" not in plain.info.details
+
+
+# -- the split decoder (image half once per embedding, prompt half per click) ----------------
+
+
+def test_export_writes_the_split_decoder(exported) -> None:
+    from engine.export import read_metadata, split_decoder_paths
+
+    image_path, prompt_path = split_decoder_paths(exported["decoder"])
+    assert image_path.name == "case_a_decoder_image.onnx"
+    assert prompt_path.name == "case_a_decoder_prompt.onnx"
+    assert f"wrote {prompt_path}" in exported["stdout"]
+    want = read_metadata(exported["decoder"])["edgesam.fingerprint"]
+    assert read_metadata(image_path)["edgesam.role"] == "decoder_image"
+    assert read_metadata(prompt_path)["edgesam.fingerprint"] == want
+
+
+def test_split_decoder_equals_the_full_graph(exported, ort_ours, ours_embedding) -> None:
+    full = OnnxRuntimeBackend(exported["encoder"], intra_op_num_threads=2, split_decoder=False)
+    assert ort_ours.info.details["split_decoder"] == "true"
+    assert full.info.details["split_decoder"] == "false"
+    torch.manual_seed(3)
+    coords = torch.rand(3, 4, 2) * 1024
+    labels = torch.tensor([[1, 0, 2, 3], [1, -1, -1, -1], [0, 1, 1, -1]])
+    for n in (None, 1, 3):
+        a_logits, a_iou = ort_ours.decode(ours_embedding, coords, labels, None, n)
+        b_logits, b_iou = full.decode(ours_embedding, coords, labels, None, n)
+        assert a_logits.shape == b_logits.shape
+        assert torch.allclose(a_logits, b_logits, atol=1e-4)
+        assert torch.allclose(a_iou, b_iou, atol=1e-5)
+    mask = torch.randn(3, 1, 256, 256)  # with a mask the full graph answers: same result
+    a_logits, _ = ort_ours.decode(ours_embedding, coords, labels, mask)
+    b_logits, _ = full.decode(ours_embedding, coords, labels, mask)
+    assert torch.equal(a_logits, b_logits)
+    full.close()
+
+
+def test_split_decoder_runs_the_image_half_once_per_embedding(exported) -> None:
+    backend = OnnxRuntimeBackend(exported["encoder"], intra_op_num_threads=2)
+    calls = []
+    inner = backend._image_side_sess
+
+    class Counting:
+        def run(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            calls.append(1)
+            return inner.run(*args, **kwargs)
+
+    backend._image_side_sess = Counting()
+    coords, labels = torch.tensor([[[100.0, 200.0], [0.0, 0.0]]]), torch.tensor([[1, -1]])
+    e1, e2 = torch.randn(1, 256, 64, 64), torch.randn(1, 256, 64, 64)
+    first = backend.decode(e1, coords, labels)[0]
+    assert torch.equal(backend.decode(e1, coords, labels)[0], first)
+    assert len(calls) == 1
+    other = backend.decode(e2, coords, labels)[0]
+    assert len(calls) == 2 and not torch.allclose(other, first)
+    backend.close()
+
+
+def test_split_files_from_another_export_are_ignored(exported, tmp_path: Path) -> None:
+    import shutil
+
+    from engine.export import _add_metadata, read_metadata, split_decoder_paths
+
+    for path in (
+        exported["encoder"],
+        exported["decoder"],
+        *split_decoder_paths(exported["decoder"]),
+    ):
+        shutil.copy(path, tmp_path / path.name)
+    image_path, _ = split_decoder_paths(tmp_path / exported["decoder"].name)
+    meta = read_metadata(image_path)
+    _add_metadata(image_path, {**meta, "edgesam.fingerprint": "0" * 16})
+    backend = OnnxRuntimeBackend(tmp_path / exported["encoder"].name, intra_op_num_threads=2)
+    assert backend.info.details["split_decoder"] == "false"
+    backend.close()
