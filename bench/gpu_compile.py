@@ -223,6 +223,13 @@ def main() -> int:
             log(f"backend.encode first call {time.perf_counter() - t0:.1f} s")
             ms = time_batches(lambda: backend.encode(host), sync, runs=3, repeats=3)
             record("backend.encode_host_to_host", ms, {"options": best[2]})
+
+            def fp32_both_ways() -> torch.Tensor:  # what encode did before: fp32 over the bus
+                xx = host.to(dev, dtype).contiguous(memory_format=torch.channels_last)
+                return backend._compiled(xx).float().contiguous().cpu()
+
+            ms = time_batches(fp32_both_ways, sync, runs=3, repeats=3)
+            record("host_to_host_fp32_transfers", ms, {"options": best[2]})
             if left() > 20:
                 acts = [
                     torch.profiler.ProfilerActivity.CUDA
