@@ -1,8 +1,10 @@
 """A batching front for the encoder.
 
-Callers (asyncio handlers or threads) submit one preprocessed image each. A worker thread takes
-the first waiting request, gathers more for up to `max_wait_ms` or until `max_batch` are in hand,
-runs one `backend.encode` on the stack, and hands every caller its own 1x256x64x64 slice.
+Callers (asyncio handlers or threads) submit one image each: uint8 pixels with their input size
+(`transforms.image_to_pixels`; the backend normalises them, on its device where it has one) or
+an already normalised float tensor. A worker thread takes the first waiting request, gathers
+more for up to `max_wait_ms` or until `max_batch` are in hand, runs one `backend.encode_pixels`
+(or `encode`) on the stack, and hands every caller its own 1x256x64x64 slice.
 
 The queue is bounded: when `max_queue` requests already wait, `encode` raises `Overloaded` at
 once (the service answers 429/503), never an unbounded wait.
@@ -36,6 +38,7 @@ class BatcherClosed(BackendError):
 @dataclass
 class _Request:
     image: torch.Tensor
+    input_size: tuple[int, int] | None = None  # set for uint8 pixels
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -85,13 +88,16 @@ class EncoderBatcher:
 
     # -- submission ---------------------------------------------------------------------------
 
-    def submit(self, image: torch.Tensor) -> Future:
-        """Queue one 1x3x1024x1024 image; the future resolves to its 1x256x64x64 embedding."""
+    def submit(self, image: torch.Tensor, input_size: tuple[int, int] | None = None) -> Future:
+        """Queue one 1x3x1024x1024 image: uint8 pixels with their input size (h, w), or a
+        normalised float tensor without; the future resolves to its 1x256x64x64 embedding."""
         if image.ndim == 3:
             image = image.unsqueeze(0)
         if image.ndim != 4 or tuple(image.shape) != (1, 3, 1024, 1024):
             raise ValueError(f"expected a 1x3x1024x1024 image tensor, got {tuple(image.shape)}")
-        request = _Request(image)
+        if (input_size is not None) != (image.dtype == torch.uint8):
+            raise ValueError("uint8 pixels need their input_size; float images take none")
+        request = _Request(image, input_size)
         with self._lock:
             if self._closed:
                 raise BatcherClosed("the encoder batcher is shut down")
@@ -105,13 +111,20 @@ class EncoderBatcher:
             self._submitted += 1
         return request.future
 
-    def encode_sync(self, image: torch.Tensor, timeout: float | None = None) -> torch.Tensor:
+    def encode_sync(
+        self,
+        image: torch.Tensor,
+        input_size: tuple[int, int] | None = None,
+        timeout: float | None = None,
+    ) -> torch.Tensor:
         """Blocking encode from a thread."""
-        return self.submit(image).result(timeout)
+        return self.submit(image, input_size).result(timeout)
 
-    async def encode(self, image: torch.Tensor) -> torch.Tensor:
+    async def encode(
+        self, image: torch.Tensor, input_size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         """Encode from asyncio without blocking the event loop."""
-        return await asyncio.wrap_future(self.submit(image))
+        return await asyncio.wrap_future(self.submit(image, input_size))
 
     # -- worker -------------------------------------------------------------------------------
 
@@ -148,9 +161,25 @@ class EncoderBatcher:
                 return
 
     def _run_batch(self, batch: list[_Request]) -> None:
+        # Pixels and normalised images go to the backend as separate stacks (a service sends
+        # one kind; tests and library callers may mix them).
+        batch = [r for r in batch if r.input_size is not None] + [
+            r for r in batch if r.input_size is None
+        ]
         try:
-            images = torch.cat([r.image for r in batch], dim=0)
-            embeddings = self.backend.encode(images)
+            parts = []
+            pixels = [r for r in batch if r.input_size is not None]
+            if pixels:
+                parts.append(
+                    self.backend.encode_pixels(
+                        torch.cat([r.image for r in pixels], dim=0),
+                        [r.input_size for r in pixels],  # type: ignore[misc]
+                    )
+                )
+            floats = batch[len(pixels) :]
+            if floats:
+                parts.append(self.backend.encode(torch.cat([r.image for r in floats], dim=0)))
+            embeddings = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
             if embeddings.shape[0] != len(batch):
                 raise BackendError(
                     f"backend returned {embeddings.shape[0]} embeddings for {len(batch)} images"

@@ -19,6 +19,7 @@ from engine.modeling.mask_decoder import mask_slice
 from engine.transforms import (
     apply_boxes,
     apply_coords,
+    image_to_pixels,
     preprocess_image,
     stability_score,
     upscale_logits,
@@ -75,10 +76,10 @@ def encode_images(backend: Backend, images: Sequence[np.ndarray]) -> list[ImageE
         return []
     tensors, sizes = [], []
     for image in images:
-        x, input_size = preprocess_image(image)
-        tensors.append(x)
+        pixels, input_size = image_to_pixels(image)
+        tensors.append(pixels)
         sizes.append(((int(image.shape[0]), int(image.shape[1])), input_size))
-    embeddings = backend.encode(torch.cat(tensors, dim=0))
+    embeddings = backend.encode_pixels(torch.cat(tensors, dim=0), [inp for _, inp in sizes])
     return [
         ImageEmbedding(embeddings[i : i + 1].float(), orig, inp)
         for i, (orig, inp) in enumerate(sizes)

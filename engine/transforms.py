@@ -8,6 +8,7 @@ matrix products whose matrices are built once per size (same result, a fraction 
 """
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from threading import Lock
 
 import numpy as np
@@ -49,14 +50,37 @@ def check_image(image: np.ndarray) -> None:
 
 def preprocess_image(image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
     """uint8 HxWx3 RGB -> (normalised, padded 1x3x1024x1024 float32, input size (h, w))."""
+    pixels, input_size = image_to_pixels(image)
+    return normalize_pixels(pixels, [input_size]), input_size
+
+
+def image_to_pixels(image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+    """uint8 HxWx3 RGB -> (resized, zero-padded 1x3x1024x1024 uint8, input size (h, w)): the
+    preprocessing before normalisation, a quarter of the bytes of its float result."""
     check_image(image)
     resized = resize_longest_side(np.ascontiguousarray(image))
     h, w = resized.shape[:2]
-    out = torch.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.float32)
-    view = out[0, :, :h, :w]
-    view.copy_(torch.from_numpy(resized).permute(2, 0, 1))
-    view.sub_(_MEAN).div_(_STD)
+    out = torch.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+    out[0, :, :h, :w] = torch.from_numpy(resized).permute(2, 0, 1)
     return out, (h, w)
+
+
+def normalize_pixels(
+    pixels: torch.Tensor, input_sizes: Sequence[tuple[int, int]], dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """`image_to_pixels` batches (Bx3x1024x1024 uint8, on any device) -> SAM's normalisation,
+    computed in float32, with the padding (outside each input size) exactly 0 as the official
+    pipeline pads after normalising; cast to `dtype` last."""
+    if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (3, 1024, 1024):
+        raise ValueError(f"pixels must be Bx3x1024x1024 uint8, got {tuple(pixels.shape)}")
+    if len(input_sizes) != pixels.shape[0]:
+        raise ValueError("one input size per image")
+    x = pixels.to(torch.float32)
+    x.sub_(_MEAN.to(x.device)).div_(_STD.to(x.device))
+    for i, (h, w) in enumerate(input_sizes):
+        x[i, :, h:, :] = 0.0
+        x[i, :, :h, w:] = 0.0
+    return x.to(dtype)
 
 
 def apply_coords(coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:

@@ -29,7 +29,7 @@ from engine.core import (
     prompts_to_points,
     with_prior_box,
 )
-from engine.transforms import preprocess_image
+from engine.transforms import image_to_pixels
 from service import codecs
 from service.cache import TensorCache
 from service.config import GET_WEIGHTS_HINT, Settings
@@ -161,10 +161,10 @@ class LocalEncoder:
     async def encode(self, image: np.ndarray) -> ImageEmbedding:
         original = (int(image.shape[0]), int(image.shape[1]))
         if self._batcher is not None:
-            tensor, input_size = await self._prep.run(preprocess_image, image)
+            pixels, input_size = await self._prep.run(image_to_pixels, image)
             start = time.perf_counter()
             try:
-                emb = await self._batcher.encode(tensor)
+                emb = await self._batcher.encode(pixels, input_size)
             except self._batcher_overloaded as exc:
                 self.metrics.rejected.labels("encode").inc()
                 raise Overloaded(
@@ -181,9 +181,9 @@ class LocalEncoder:
             self.metrics.encoder_latency.observe(time.perf_counter() - start)
             self.metrics.encoder_batch_size.observe(1)
             return emb
-        tensor, input_size = preprocess_image(image)
+        pixels, input_size = image_to_pixels(image)
         start = time.perf_counter()
-        emb = self.backend.encode(tensor)
+        emb = self.backend.encode_pixels(pixels, [input_size])
         self.metrics.encoder_latency.observe(time.perf_counter() - start)
         self.metrics.encoder_batch_size.observe(1)
         return ImageEmbedding(

@@ -8,11 +8,13 @@ selection live above it (engine.core), so every backend is interchangeable.
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from engine.modeling.mask_decoder import mask_slice
+from engine.transforms import normalize_pixels
 
 IMAGE_SIZE = 1024
 EMBED_SHAPE = (256, 64, 64)
@@ -66,6 +68,14 @@ class Backend(ABC):
     @abstractmethod
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Bx3x1024x1024 float32 (normalised, padded) -> Bx256x64x64 float32 on the CPU."""
+
+    def encode_pixels(
+        self, pixels: torch.Tensor, input_sizes: Sequence[tuple[int, int]]
+    ) -> torch.Tensor:
+        """Bx3x1024x1024 uint8 from `transforms.image_to_pixels` and each image's resized
+        (h, w) -> the embeddings `encode` gives for the normalised images. Backends on a GPU
+        normalise there, so a quarter of the bytes cross the bus."""
+        return self.encode(normalize_pixels(pixels, input_sizes))
 
     @abstractmethod
     def decode(

@@ -2,7 +2,7 @@
 encoder, inference mode."""
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,6 +11,7 @@ from engine.backends.base import Backend, BackendInfo, BackendUnavailable
 from engine.fusion import fuse_encoder
 from engine.modeling import EdgeSam
 from engine.modeling.mask_decoder import mask_slice
+from engine.transforms import normalize_pixels
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Prompts decoded together on a CPU (measured with everything mode, 16x16 points: groups of 4
@@ -94,6 +95,14 @@ class TorchBackend(Backend):
             if self._channels_last:
                 encoder = encoder.to(memory_format=torch.channels_last)
         return encoder.to(self.device, self.dtype)
+
+    @torch.inference_mode()
+    def encode_pixels(
+        self, pixels: torch.Tensor, input_sizes: Sequence[tuple[int, int]]
+    ) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return super().encode_pixels(pixels, input_sizes)
+        return self.encode(normalize_pixels(pixels.to(self.device), input_sizes, self.dtype))
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

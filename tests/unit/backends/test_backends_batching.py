@@ -138,3 +138,51 @@ def test_bad_settings() -> None:
         EncoderBatcher(FakeBackend(), max_batch=0)
     with pytest.raises(ValueError):
         EncoderBatcher(FakeBackend(), max_queue=0)
+
+
+class PixelBackend(FakeBackend):
+    """Records what reaches encode_pixels; the default path normalises and calls encode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pixel_calls: list[list[tuple[int, int]]] = []
+
+    def encode_pixels(self, pixels, input_sizes):  # noqa: ANN001, ANN201
+        assert pixels.dtype == torch.uint8
+        self.pixel_calls.append(list(input_sizes))
+        return super().encode_pixels(pixels, input_sizes)
+
+
+def pixels(value: int) -> torch.Tensor:
+    x = torch.zeros((1, 3, 1024, 1024), dtype=torch.uint8)
+    x[0, 0, 0, 0] = value
+    return x
+
+
+def test_pixels_are_normalised_by_the_backend_and_may_mix_with_floats() -> None:
+    from engine.transforms import PIXEL_MEAN, PIXEL_STD
+
+    backend = PixelBackend()
+    backend.gate.clear()
+    with EncoderBatcher(backend, max_batch=8, max_wait_ms=200) as batcher:
+        futures = [
+            batcher.submit(pixels(200), (1024, 700)),
+            batcher.submit(image(5.0)),
+            batcher.submit(pixels(10), (500, 1024)),
+        ]
+        backend.gate.set()
+        out = [float(f.result(10)[0, 0, 0, 0]) for f in futures]
+    assert backend.pixel_calls == [[(1024, 700), (500, 1024)]]
+    assert sorted(backend.sizes) == [1, 2]  # one stack of pixels, one of floats
+    mean, std = float(PIXEL_MEAN[0]), float(PIXEL_STD[0])
+    assert out[0] == pytest.approx((200 - mean) / std)
+    assert out[1] == 5.0
+    assert out[2] == pytest.approx((10 - mean) / std)
+
+
+def test_pixels_need_their_input_size() -> None:
+    with EncoderBatcher(FakeBackend(), max_batch=2, max_wait_ms=1) as batcher:
+        with pytest.raises(ValueError, match="input_size"):
+            batcher.submit(pixels(1))
+        with pytest.raises(ValueError, match="input_size"):
+            batcher.submit(image(1.0), (1024, 1024))

@@ -54,6 +54,33 @@ def test_preprocessing_pads_bottom_right():
     assert torch.all(x[0, :, :512, :] > 0)
 
 
+def test_pixels_normalised_anywhere_equal_the_preprocessing():
+    from engine.transforms import image_to_pixels, normalize_pixels
+
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((300, 517, 3), (90, 40, 3))]
+    converted = [image_to_pixels(im) for im in images]
+    pixels, sizes = [p for p, _ in converted], [s for _, s in converted]
+    assert sizes == [(594, 1024), (1024, 455)]
+    assert all(p.dtype == torch.uint8 and p.shape == (1, 3, 1024, 1024) for p in pixels)
+    batch = normalize_pixels(torch.cat(pixels), sizes)
+    for i, im in enumerate(images):
+        x, _ = preprocess_image(im)
+        assert torch.equal(batch[i : i + 1], x)  # bit-identical, padding exactly 0
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_pixels(batch, sizes)
+
+
+def test_backend_encode_pixels_equals_encode(case_a_model, golden):
+    from engine.backends.torch_backend import TorchBackend
+    from engine.transforms import image_to_pixels
+
+    backend = TorchBackend(case_a_model)
+    pixels, size = image_to_pixels(golden["image"])
+    x, _ = preprocess_image(golden["image"])
+    assert torch.equal(backend.encode_pixels(pixels, [size]), backend.encode(x))
+
+
 def test_embedding_matches(case_a_predictor, golden):
     assert max_abs(case_a_predictor.get_image_embedding(), golden["image_embedding"]) < ABS_TOL
 
