@@ -43,9 +43,6 @@ def load_model(
         from engine.backends.select import auto_backend_name
 
         backend = auto_backend_name(device)
-        if backend == "onnxruntime" and path is not None and Path(path).suffix != ".onnx":
-            # the fastest CPU pair measured: ONNX Runtime's encoder, PyTorch's decoder
-            options.setdefault("decoder_runtime", "torch")
     if backend == "torch":
         from engine.backends.torch_backend import TorchBackend
 

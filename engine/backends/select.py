@@ -13,9 +13,11 @@ import torch
 
 from engine.backends.base import BackendUnavailable
 
-# Order measured with bench/encoder.py (2 threads, case-A weights): ONNX Runtime's encoder ran
-# slightly faster than the re-parameterised PyTorch one (325 vs 345 ms); PyTorch's decoder is
-# the faster one (37 vs 53 ms), so engine.loader pairs them for checkpoints.
+# Order measured with bench/encoder.py (2 threads, case-A weights, each backend alone): ONNX
+# Runtime encoded in 248-276 ms against PyTorch's 272-276 ms and, with the split decoder,
+# predicted in 24.4 ms against 24.5 ms. Both halves stay in ONNX Runtime: a PyTorch decoder
+# in the same process ran 45.7 ms right after ONNX Runtime's encoder (each runtime's idle
+# threads slow the other's next call).
 CPU_PREFERENCE: tuple[str, ...] = ("onnxruntime", "torch")
 
 

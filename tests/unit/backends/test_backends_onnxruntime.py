@@ -305,8 +305,8 @@ def test_checkpoint_export_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_torch_decoder_with_onnxruntime_encoder(
     exported, case_a_dir: Path, golden, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """decoder_runtime="torch": ONNX Runtime encodes, the PyTorch model decodes (what `auto`
-    picks on a CPU for a checkpoint); answers still match the official outputs."""
+    """decoder_runtime="torch": ONNX Runtime encodes, the PyTorch model decodes; answers still
+    match the official outputs. `auto` on a CPU keeps both halves in ONNX Runtime."""
     import engine.backends.onnxruntime_backend as ort_module
     from engine import load_model
     from engine.core import decode, encode_images
@@ -314,7 +314,12 @@ def test_torch_decoder_with_onnxruntime_encoder(
     pair = (exported["encoder"], exported["decoder"])
     monkeypatch.setattr(ort_module, "export_cached", lambda *a, **k: pair)
     monkeypatch.setattr("engine.backends.select._has_module", lambda name: name == "onnxruntime")
-    backend = load_model(case_a_dir / "weights.safetensors", backend="auto")
+    auto = load_model(case_a_dir / "weights.safetensors", backend="auto")
+    assert auto.info.name == "onnxruntime" and "decode_runtime" not in auto.info.details
+    assert auto.info.details["split_decoder"] == "true"
+    backend = load_model(
+        case_a_dir / "weights.safetensors", backend="onnxruntime", decoder_runtime="torch"
+    )
     assert backend.info.name == "onnxruntime" and backend.info.details["decode_runtime"] == "torch"
     emb = encode_images(backend, [golden["image"]])[0]
     assert np.abs(emb.embedding.numpy() - golden["image_embedding"]).max() < 1e-4
