@@ -13,6 +13,8 @@ the embedding and previous logits held by the server; an HTTP "session" click is
 Prints figures; asserts nothing.
 """
 
+from __future__ import annotations
+
 import argparse
 import os
 import statistics

@@ -9,6 +9,8 @@ one import the gRPC plugin writes (`from edgesam.v1 import ...`) is made relativ
 import as `proto.edgesam.v1` from the repository and from an installed package alike.
 """
 
+from __future__ import annotations
+
 import argparse
 import re
 import sys

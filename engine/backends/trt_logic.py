@@ -17,15 +17,17 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Tuple
 
 from engine.backends.base import BackendError
+from engine.compat import zip_strict
 
 MAGIC = b"EDGESAM-TRT\x00"
 HEADER_VERSION = 1
 _LEN = struct.Struct("<Q")
 
-Shape = tuple[int, ...]
-ShapeRange = tuple[Shape, Shape, Shape]  # (min, opt, max)
+Shape = Tuple[int, ...]
+ShapeRange = Tuple[Shape, Shape, Shape]  # (min, opt, max)
 
 
 class ForeignEngineError(BackendError):
@@ -253,7 +255,7 @@ def check_feeds(
         lo, _, hi = profile[t.name]
         if len(shape) != len(lo):
             raise ValueError(f"{t.name}: rank {len(shape)}, engine wants {len(lo)}")
-        for axis, (s, a, b) in enumerate(zip(shape, lo, hi, strict=True)):
+        for axis, (s, a, b) in enumerate(zip_strict(shape, lo, hi)):
             if not a <= s <= b:
                 raise ValueError(
                     f"{t.name} axis {axis} = {s} is outside the engine's profile [{a}, {b}]"

@@ -1,5 +1,7 @@
 """SAM's two-way transformer: prompt tokens and image positions attend to each other."""
 
+from __future__ import annotations
+
 import math
 
 import torch

@@ -2,6 +2,8 @@
 process, with the deterministic fake backend: parity with HTTP, errors, limits, auth,
 health, reflection, deadlines and the interactive session."""
 
+from __future__ import annotations
+
 import base64
 import concurrent.futures
 import threading

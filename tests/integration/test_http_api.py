@@ -1,5 +1,7 @@
 """The HTTP API over loopback against a real Redis, with the deterministic fake backend."""
 
+from __future__ import annotations
+
 import base64
 import concurrent.futures
 import io

@@ -7,6 +7,8 @@ the 8x8 grid through a memoising backend; the behaviour tests use a tiny fake ba
 whose right answer is known.
 """
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
 

@@ -1,6 +1,8 @@
 """The gRPC contract: committed stubs are fresh, the error table maps every kind to both
 transports, and messages translate to exactly the core's schema objects."""
 
+from __future__ import annotations
+
 import base64
 
 import grpc
