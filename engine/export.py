@@ -13,13 +13,15 @@ The ONNX pair written here (our format, told apart from the official files by th
   `iou_predictions` Bx4, `stability_scores` Bx4 (all four mask tokens; float sums only).
 
 The legacy TorchScript exporter (`dynamo=False`) is used: torch 2.13's default exporter fails on
-this model or writes graphs ONNX Runtime refuses.
+this model or writes graphs ONNX Runtime refuses. torch < 2.5 (JetPack 5's 2.1) has no
+`dynamo` argument and only that exporter.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import os
 import sys
 import time
@@ -139,6 +141,12 @@ def _add_metadata(path: Path, entries: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
+def torchscript_exporter() -> dict[str, bool]:
+    """The torch.onnx.export argument that selects the TorchScript exporter: `dynamo=False`
+    where the argument exists (torch >= 2.5), nothing before (2.1 has only that exporter)."""
+    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+
+
 def _export(
     module: nn.Module,
     args: tuple,
@@ -159,7 +167,7 @@ def _export(
             dynamic_axes=dynamic_axes,
             opset_version=opset,
             do_constant_folding=True,
-            dynamo=False,
+            **torchscript_exporter(),
         )
 
 
