@@ -257,7 +257,8 @@ def test_redis_is_a_bounded_lru_cache_without_persistence(overlay: tuple[str, Do
     _, docs = overlay
     redis = find(docs, "Deployment", "edgesam-redis")
     args = container(redis)["args"]
-    flags = dict(zip(args[::2], args[1::2], strict=True))
+    assert len(args) % 2 == 0, args
+    flags = dict(zip(args[::2], args[1::2]))
     assert flags["--maxmemory-policy"] == "allkeys-lru"
     assert flags["--save"] == "" and flags["--appendonly"] == "no"
     maxmemory_mib = int(re.fullmatch(r"(\d+)mb", flags["--maxmemory"]).group(1))

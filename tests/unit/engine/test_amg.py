@@ -34,6 +34,7 @@ from engine.amg_utils import (
 )
 from engine.backends.base import Backend, BackendInfo
 from engine.backends.torch_backend import TorchBackend
+from engine.compat import zip_strict
 from engine.core import ImageEmbedding, encode_images
 
 CASE_JSON = (
@@ -297,7 +298,7 @@ def test_scene_small_region_removal_fills_hole_and_drops_island():
     assert [r["bbox"] for r in rle] == [r["bbox"] for r in cleaned]
     assert all(
         np.array_equal(rle_to_mask(a["segmentation"]), b["segmentation"])
-        for a, b in zip(rle, cleaned, strict=True)
+        for a, b in zip_strict(rle, cleaned)
     )
 
 
@@ -447,7 +448,7 @@ def test_point_grid_and_crop_boxes():
     # each layer's crops cover the image
     for layer in (1, 2):
         cover = np.zeros((300, 600), bool)
-        for (x0, y0, x1, y1), li in zip(boxes, layers, strict=True):
+        for (x0, y0, x1, y1), li in zip_strict(boxes, layers):
             if li == layer:
                 cover[y0:y1, x0:x1] = True
         assert cover.all()
