@@ -303,6 +303,18 @@ def _print(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _opset_for_tensorrt(wanted: int) -> int:
+    """`wanted`, lowered to what the installed TensorRT's ONNX parser reads."""
+    from engine.backends.tensorrt_backend import _import_trt
+    from engine.backends.trt_logic import tensorrt_opset
+
+    version = str(_import_trt().__version__)
+    opset = tensorrt_opset(version, wanted)
+    if opset != wanted:
+        _print(f"TensorRT {version}: opset {opset} instead of {wanted}")
+    return opset
+
+
 def _cmd_onnx(args: argparse.Namespace) -> int:
     from engine.loader import build_edge_sam
 
@@ -311,12 +323,13 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         torch.manual_seed(args.seed)
     model = build_edge_sam(args.checkpoint, upsample_mode=args.upsample_mode)
+    opset = _opset_for_tensorrt(args.opset) if args.for_tensorrt else args.opset
     _print("[2/3] exporting")
     pair = export_onnx(
         model,
         args.out_dir,
         args.name,
-        args.opset,
+        opset,
         _print,
         source=Path(args.checkpoint).name if args.checkpoint else "random",
         upsample=args.upsample_export,
@@ -371,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     onnx_p.add_argument("--out-dir", default=".", help="folder to write into")
     onnx_p.add_argument("--name", default="edge_sam", help="file name stem")
     onnx_p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    onnx_p.add_argument(
+        "--for-tensorrt",
+        action="store_true",
+        help="lower --opset to what this machine's TensorRT reads (16 before TensorRT 8.6)",
+    )
     onnx_p.add_argument("--upsample-mode", choices=("bicubic", "bilinear"), default="bicubic")
     onnx_p.add_argument(
         "--upsample-export",

@@ -93,7 +93,7 @@ def test_builds_the_engine_then_measures_latency(sandbox: dict[str, Path]) -> No
     cache = sandbox["cache"]
     onnx = (
         f"python -m engine.export onnx --checkpoint {checkpoint} --out-dir {cache}/onnx"
-        " --name edge_sam_3x"
+        " --name edge_sam_3x --for-tensorrt"
     )
     export = (
         f"python -m engine.export tensorrt --onnx {cache}/onnx/edge_sam_3x_encoder.onnx"
