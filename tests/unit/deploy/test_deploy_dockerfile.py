@@ -272,6 +272,16 @@ def run_requirements(*argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_jetson_venv_gets_a_pip_that_knows_current_wheels(parsed) -> None:
+    """JetPack 5's Ubuntu pip (20.0.2) cannot install manylinux_2_28 wheels (onnxruntime)."""
+    _, stages = parsed
+    runs = next(s for s in stages if s.name == "build-jetson").runs()
+    upgrade = re.search(r'pip install "pip==(\d+)\.(\d+)\.\d+"', runs)
+    assert upgrade and (int(upgrade.group(1)), int(upgrade.group(2))) >= (20, 3)
+    assert int(upgrade.group(1)) < 25 or upgrade.group(2) == "0", "pip 25.1+ has no Python 3.8"
+    assert upgrade.start() < runs.index("JETSON_TORCH_WHEEL") < runs.index("requirements.txt")
+
+
 def test_requirements_helper_leaves_out_what_a_target_brings_itself() -> None:
     plain = run_requirements("--exclude", "torch").stdout.splitlines()
     assert plain and not any(re.match(r"torch\b", r) for r in plain)
