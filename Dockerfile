@@ -7,11 +7,13 @@
 #           Python packages on PyPI (`tensorrt` extra). The driver comes from the host
 #           through the NVIDIA container toolkit.
 #   jetson  arm64 Jetson; built FROM an L4T base that carries CUDA, cuDNN and TensorRT
-#           (JetPack 6: l4t-jetpack r36.4 = CUDA 12.6 + TensorRT 10.3, the default;
-#            JetPack 5: --build-arg L4T_BASE=nvcr.io/nvidia/l4t-jetpack:r35.4.1 = CUDA 11.4 +
-#            TensorRT 8.5). torch is NVIDIA's Jetson wheel for that JetPack, passed as
-#           --build-arg JETSON_TORCH_WHEEL=<url or path>; TensorRT's Python bindings are the
-#           base's own (the venv sees the system site-packages).
+#           (JetPack 6: l4t-jetpack r36.4 = CUDA 12.6 + TensorRT 10.3 + Python 3.10, the
+#            default; JetPack 5: --build-arg L4T_BASE=nvcr.io/nvidia/l4t-jetpack:r35.4.1 =
+#            CUDA 11.4 + TensorRT 8.5 + Python 3.8). torch is NVIDIA's Jetson wheel for that
+#           JetPack, passed as --build-arg JETSON_TORCH_WHEEL=<url or path>; TensorRT's Python
+#           bindings are the base's own (the venv sees the system site-packages). On Python
+#           3.8 pyproject.toml's markers pick the 3.8 pins (NumPy 1.x, protobuf 5.29, grpc
+#           1.70); deploy/jetson/check-py38.sh runs the tests with them on any machine.
 #
 # Weights are never baked in: mount them at /models (EDGESAM_CHECKPOINT). TensorRT engines
 # are built on the device at first start into EDGESAM_ENGINE_CACHE_DIR (mount a volume).
@@ -73,12 +75,17 @@ RUN apt-get update \
        build-essential python3-dev python3-pip python3-venv \
     && rm -rf /var/lib/apt/lists/*
 # --system-site-packages: TensorRT's Python bindings (python3-libnvinfer) live in the base.
-RUN python3 -m venv --system-site-packages /opt/venv
+# The venv starts with Ubuntu's pip (20.0.2 on JetPack 5), which knows no manylinux_2_28
+# wheels (onnxruntime's for arm64 are only that) and resolves without backtracking: a pip
+# that still runs on Python 3.8 replaces it.
+RUN python3 -m venv --system-site-packages /opt/venv \
+    && /opt/venv/bin/pip install "pip==24.3.1"
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml ./
 COPY deploy/docker/requirements.py deploy/docker/requirements.py
-# NVIDIA's Jetson torch wheels are built against NumPy 1.x.
+# NVIDIA's Jetson torch wheels are built against NumPy 1.x (pyproject's Python 3.8 pins say
+# so too; on JetPack 6's Python 3.10 only this constraint does).
 ENV PIP_CONSTRAINT=/src/constraints.txt
 # A wheel file is one exact version already: nothing more to pin.
 # hadolint ignore=DL3013

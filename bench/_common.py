@@ -1,6 +1,8 @@
 """Helpers shared by the benchmark scripts (imported as `bench._common`, repository root on
 the path): the reference checkpoint and image, percentiles, a free loopback port."""
 
+from __future__ import annotations
+
 import os
 import socket
 from pathlib import Path

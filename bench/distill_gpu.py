@@ -65,7 +65,7 @@ def main() -> None:
     rows = [json.loads(line) for line in (tmp / "p2" / "metrics.jsonl").read_text().splitlines()]
     # sec_per_step is a running mean from the first step: difference successive totals.
     totals = [r["sec_per_step"] * (i + 1) for i, r in enumerate(rows)]
-    per_step = [b - a for a, b in zip(totals, totals[1:], strict=False)][2:]
+    per_step = [b - a for a, b in zip(totals, totals[1:])][2:]
     med = statistics.median(per_step) if per_step else float("nan")
     print(
         json.dumps(

@@ -13,6 +13,8 @@ the embedding and previous logits held by the server; an HTTP "session" click is
 Prints figures; asserts nothing.
 """
 
+from __future__ import annotations
+
 import argparse
 import os
 import statistics
@@ -66,13 +68,19 @@ def start_server(ckpt: Path | None, redis_url: str | None, log: Path, fake: bool
     return proc, f"http://127.0.0.1:{http_port}", f"grpc://127.0.0.1:{grpc_port}"
 
 
+def _strip_scheme(target: str) -> str:
+    """host:port of grpc://host:port (str.removeprefix needs Python 3.9)."""
+    prefix = "grpc://"
+    return target[len(prefix) :] if target.startswith(prefix) else target
+
+
 def wait_ready(http: str, grpc_target: str, proc: subprocess.Popen | None, log: Path) -> None:
     import grpc
     import httpx
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + 300
-    with grpc.insecure_channel(grpc_target.removeprefix("grpc://")) as channel:
+    with grpc.insecure_channel(_strip_scheme(grpc_target)) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:

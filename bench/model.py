@@ -7,6 +7,8 @@ this kind of machine (2 cores, 2 threads).
 Prints one table: median latency of each operation, optimised and baseline, and ratios.
 """
 
+from __future__ import annotations
+
 import argparse
 import copy
 import statistics

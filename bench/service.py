@@ -8,6 +8,8 @@ seeded weights: realistic compute, meaningless masks), else random weights. Prin
 asserts nothing (the target is HTTP p50 <= 1.15 x in-process decode p50).
 """
 
+from __future__ import annotations
+
 import argparse
 import statistics
 import sys

@@ -12,6 +12,8 @@ Answers of `embedding_not_found` are healed by embedding the image again (when t
 has its bytes); `overloaded` answers are retried with backoff; nothing else is retried.
 """
 
+from __future__ import annotations
+
 from client._base import AsyncClient, AsyncSession, Session, SyncClient
 from client._common import ImageMemory, RetryPolicy
 from client.errors import EdgeSamError, EmbeddingNotFound, Overloaded, Unauthenticated

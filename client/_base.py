@@ -1,10 +1,12 @@
 """The transport-independent client: retries on overload, transparent re-embed, argument
 handling; HTTP and gRPC subclasses supply the raw calls (sync and async variants)."""
 
+from __future__ import annotations
+
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Sequence, TypeVar
 
 from client._common import (
     ImageLike,
@@ -74,7 +76,7 @@ class SyncClient:
     def close(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> "SyncClient":
+    def __enter__(self) -> SyncClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -161,7 +163,7 @@ class SyncClient:
 
     def session(
         self, image: ImageLike | str, num_masks: int = 1, outputs: Outputs = ("rle",)
-    ) -> "Session":
+    ) -> Session:
         """An interactive session on one image: click(), box(), undo(), reset()."""
         return EmulatedSession(self, self.image_id(image), num_masks, outputs)
 
@@ -190,7 +192,7 @@ class Session:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -276,7 +278,7 @@ class AsyncClient:
     async def close(self) -> None:
         raise NotImplementedError
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -354,7 +356,7 @@ class AsyncClient:
 
     async def session(
         self, image: ImageLike | str, num_masks: int = 1, outputs: Outputs = ("rle",)
-    ) -> "AsyncSession":
+    ) -> AsyncSession:
         return AsyncEmulatedSession(self, await self.image_id(image), num_masks, outputs)
 
 
@@ -379,7 +381,7 @@ class AsyncSession:
     async def close(self) -> None:
         pass
 
-    async def __aenter__(self) -> "AsyncSession":
+    async def __aenter__(self) -> AsyncSession:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -1,6 +1,8 @@
 """Pieces both transports share: reading images, remembering recently embedded bytes (for
 the transparent re-embed), the retry policy, and request building."""
 
+from __future__ import annotations
+
 import hashlib
 import io
 import os
@@ -9,13 +11,14 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
 from client.errors import EdgeSamError
 
-ImageLike = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | Any
+# Aliases are evaluated at import: typing's forms, as Python 3.8 has no `X | Y` or `list[X]`.
+ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Any]
 IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 MAGIC = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG\r\n\x1a\n": "image/png"}
 

@@ -9,6 +9,8 @@
 segment and everything also write a PNG overlay of the masks on the image.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import os

@@ -1,6 +1,8 @@
 """Errors the client raises: one class, with the server's stable `code` (the same for HTTP
 and gRPC, e.g. "embedding_not_found", "overloaded") and its human `message`."""
 
+from __future__ import annotations
+
 
 class EdgeSamError(Exception):
     """A refused or failed request. `status` is the HTTP status or the gRPC status name;

@@ -2,6 +2,8 @@
 sessions over the InteractiveSegment stream (the server holds the embedding and the previous
 logits, so each click is one message each way)."""
 
+from __future__ import annotations
+
 import queue
 from collections.abc import Iterator
 from typing import Any
@@ -209,7 +211,7 @@ class GrpcClient(SyncClient):
 
     def session(
         self, image: ImageLike | str, num_masks: int = 1, outputs: Outputs = ("rle",)
-    ) -> "GrpcSession":
+    ) -> GrpcSession:
         """A server-side session (InteractiveSegment stream) on one image."""
         source, content_type = _session_source(self, image)
         try:
@@ -240,7 +242,7 @@ def _session_source(client: SyncClient | AsyncClient, image: ImageLike | str) ->
     return data, content_type
 
 
-def _requests(q: "queue.SimpleQueue[pb.InteractiveRequest | None]") -> Iterator[Any]:
+def _requests(q: queue.SimpleQueue[pb.InteractiveRequest | None]) -> Iterator[Any]:
     while True:
         item = q.get()
         if item is None:
@@ -348,7 +350,7 @@ class AsyncGrpcClient(AsyncClient):
 
     async def session(
         self, image: ImageLike | str, num_masks: int = 1, outputs: Outputs = ("rle",)
-    ) -> "AsyncGrpcSession":
+    ) -> AsyncGrpcSession:
         source, content_type = _session_source(self, image)
         try:
             return await AsyncGrpcSession.open(
@@ -378,7 +380,7 @@ class AsyncGrpcSession(AsyncSession):
         self.width = self.height = 0
 
     @classmethod
-    async def open(cls, client: AsyncGrpcClient, start: pb.SessionStart) -> "AsyncGrpcSession":
+    async def open(cls, client: AsyncGrpcClient, start: pb.SessionStart) -> AsyncGrpcSession:
         session = cls(client.stub.InteractiveSegment(metadata=client.metadata))
         first = await session._exchange(pb.InteractiveRequest(start=start))
         session.image_id = first.started.image_id

@@ -1,5 +1,7 @@
 """The HTTP transport (httpx): HttpClient and AsyncHttpClient."""
 
+from __future__ import annotations
+
 from typing import Any
 
 import httpx

@@ -1,6 +1,8 @@
 """What the client returns: plain dataclasses, the same for HTTP and gRPC. Masks decode to
 numpy arrays on first use of `.array` (from RLE, else PNG, else polygons)."""
 
+from __future__ import annotations
+
 import io
 from dataclasses import dataclass, field
 from functools import cached_property

@@ -7,6 +7,8 @@ bit 0x20 marks "more groups follow" and bit 0x10 of the last group is the sign. 
 third count on, the value stored is the difference from the count two places before.
 """
 
+from __future__ import annotations
+
 import numpy as np
 
 

@@ -13,6 +13,8 @@ products (`engine.transforms.upscale_logits`) applied only to the survivors, in 
 `generate_from_embedding` runs on a precomputed (e.g. cached) embedding without the image.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,7 @@ from engine.amg_utils import (
     uncrop_points,
 )
 from engine.backends.base import Backend
+from engine.compat import zip_strict
 from engine.core import MASK_THRESHOLD, ImageEmbedding, decode_points, encode_images
 from engine.modeling import EdgeSam
 from engine.modeling.prompt_encoder import merge_prompts
@@ -55,7 +58,7 @@ class _PackedMask:
     frame: tuple[int, int, int, int]
 
     @staticmethod
-    def pack_all(masks: np.ndarray, frame: list[int]) -> list["_PackedMask"]:
+    def pack_all(masks: np.ndarray, frame: list[int]) -> list[_PackedMask]:
         if masks.shape[0] == 0:
             return []
         bits = np.packbits(masks.reshape(masks.shape[0], -1), axis=1)
@@ -95,7 +98,7 @@ class _MaskData:
         self.masks = [self.masks[i] for i in idx.tolist()]
 
     @staticmethod
-    def cat(parts: list["_MaskData"]) -> "_MaskData":
+    def cat(parts: list[_MaskData]) -> _MaskData:
         if not parts:
             return _MaskData()
         return _MaskData(
@@ -201,7 +204,7 @@ class EdgeSamAutomaticMaskGenerator:
             orig_size, self.crop_n_layers, self.crop_overlap_ratio
         )
         parts = []
-        for crop_box, layer_idx in zip(crop_boxes, layer_idxs, strict=True):
+        for crop_box, layer_idx in zip_strict(crop_boxes, layer_idxs):
             x0, y0, x1, y1 = crop_box
             embedding = encode_images(self.backend, [image[y0:y1, x0:x1, :]])[0]
             parts.append(self._process_crop(embedding, crop_box, layer_idx, orig_size))

@@ -7,6 +7,8 @@ Masks are run-length encoded in column-major (COCO) order; an uncompressed RLE i
 `{"size": [h, w], "counts": [zeros, ones, zeros, ...]}` and starts with a run of zeros.
 """
 
+from __future__ import annotations
+
 import math
 from itertools import product
 from typing import Any

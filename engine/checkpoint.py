@@ -1,5 +1,7 @@
 """Loading official EdgeSAM checkpoints (.pth, .safetensors) strictly, and converting them."""
 
+from __future__ import annotations
+
 import logging
 import os
 import pickle

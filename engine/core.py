@@ -8,6 +8,8 @@ Everything here takes the embedding explicitly: no hidden per-image state, so an
 replica can decode any cached embedding.
 """
 
+from __future__ import annotations
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 

@@ -13,20 +13,22 @@ The ONNX pair written here (our format, told apart from the official files by th
   `iou_predictions` Bx4, `stability_scores` Bx4 (all four mask tokens; float sums only).
 
 The legacy TorchScript exporter (`dynamo=False`) is used: torch 2.13's default exporter fails on
-this model or writes graphs ONNX Runtime refuses.
+this model or writes graphs ONNX Runtime refuses. torch < 2.5 (JetPack 5's 2.1) has no
+`dynamo` argument and only that exporter.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -206,6 +208,12 @@ def _add_metadata(path: Path, entries: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
+def torchscript_exporter() -> dict[str, bool]:
+    """The torch.onnx.export argument that selects the TorchScript exporter: `dynamo=False`
+    where the argument exists (torch >= 2.5), nothing before (2.1 has only that exporter)."""
+    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+
+
 def _export(
     module: nn.Module,
     args: tuple,
@@ -226,7 +234,7 @@ def _export(
             dynamic_axes=dynamic_axes,
             opset_version=opset,
             do_constant_folding=True,
-            dynamo=False,
+            **torchscript_exporter(),
         )
 
 
@@ -397,6 +405,18 @@ def _print(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _opset_for_tensorrt(wanted: int) -> int:
+    """`wanted`, lowered to what the installed TensorRT's ONNX parser reads."""
+    from engine.backends.tensorrt_backend import _import_trt
+    from engine.backends.trt_logic import tensorrt_opset
+
+    version = str(_import_trt().__version__)
+    opset = tensorrt_opset(version, wanted)
+    if opset != wanted:
+        _print(f"TensorRT {version}: opset {opset} instead of {wanted}")
+    return opset
+
+
 def _cmd_onnx(args: argparse.Namespace) -> int:
     from engine.loader import build_edge_sam
 
@@ -405,12 +425,13 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         torch.manual_seed(args.seed)
     model = build_edge_sam(args.checkpoint, upsample_mode=args.upsample_mode)
+    opset = _opset_for_tensorrt(args.opset) if args.for_tensorrt else args.opset
     _print("[2/3] exporting")
     pair = export_onnx(
         model,
         args.out_dir,
         args.name,
-        args.opset,
+        opset,
         _print,
         source=Path(args.checkpoint).name if args.checkpoint else "random",
         upsample=args.upsample_export,
@@ -467,6 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
     onnx_p.add_argument("--out-dir", default=".", help="folder to write into")
     onnx_p.add_argument("--name", default="edge_sam", help="file name stem")
     onnx_p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    onnx_p.add_argument(
+        "--for-tensorrt",
+        action="store_true",
+        help="lower --opset to what this machine's TensorRT reads (16 before TensorRT 8.6)",
+    )
     onnx_p.add_argument("--upsample-mode", choices=("bicubic", "bilinear"), default="bicubic")
     onnx_p.add_argument(
         "--upsample-export",

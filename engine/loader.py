@@ -1,5 +1,7 @@
 """`load_model`: one entry point from a weights file to a ready backend."""
 
+from __future__ import annotations
+
 import logging
 import os
 from pathlib import Path

@@ -11,6 +11,8 @@ features first; pass them as `features=` (a 4-D tensor given first positionally 
 recognised).
 """
 
+from __future__ import annotations
+
 import os
 
 import numpy as np
@@ -31,7 +33,7 @@ from engine.modeling.prompt_encoder import merge_prompts
 from engine.transforms import IMAGE_SIZE, ResizeLongestSide, upscale_logits
 
 
-def as_backend(model: "EdgeSam | Backend") -> Backend:
+def as_backend(model: EdgeSam | Backend) -> Backend:
     """Accept an `EdgeSam` module (wrapped in the torch backend) or any Backend."""
     if isinstance(model, Backend):
         return model
@@ -92,7 +94,7 @@ _EDGESAM_PREDICT_TORCH_ARGS = (
 def _bind(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict:
     if len(args) > len(names):
         raise TypeError(f"expected at most {len(names)} positional arguments, got {len(args)}")
-    bound = dict(zip(names, args, strict=False))
+    bound = dict(zip(names, args))
     for key, value in kwargs.items():
         if key in bound:
             raise TypeError(f"got multiple values for argument {key!r}")
@@ -104,7 +106,7 @@ class EdgeSamPredictor:
     """set_image once, then predict per prompt; see the module docstring."""
 
     def __init__(
-        self, sam_model: "EdgeSam | Backend", priors: "str | os.PathLike[str] | None" = None
+        self, sam_model: EdgeSam | Backend, priors: str | os.PathLike[str] | None = None
     ) -> None:
         """`priors`: a checkpoint holding EdgeSAM's optional granularity-priors head
         (`fpn.*`/`rpn_head.*`, see engine.distill.priors), or the loaded module. With it, a

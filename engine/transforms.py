@@ -7,6 +7,8 @@ original size; both bilinear steps are linear and separable, so they are applied
 matrix products whose matrices are built once per size (same result, a fraction of the work).
 """
 
+from __future__ import annotations
+
 from collections import OrderedDict
 from collections.abc import Sequence
 from threading import Lock

@@ -1,13 +1,21 @@
 """Regenerate the Python stubs of every `.proto` under proto/ (committed beside them).
 
-    .venv/bin/python -m proto.generate            # rewrite proto/edgesam/v1/*_pb2*.py(i)
-    .venv/bin/python -m proto.generate --check    # exit 1 when the committed stubs are stale
+    python -m proto.generate            # rewrite proto/edgesam/v1/*_pb2*.py(i)
+    python -m proto.generate --check    # exit 1 when the committed stubs are stale
+
+The committed stubs come from grpcio-tools 1.70 (protobuf 5.29 gencode, `grpcio>=1.70`): the
+newest that still runs on Python 3.8, whose stubs every runtime in pyproject.toml accepts
+(protobuf 5.29 on 3.8, 7.x on 3.10+). Writing them therefore needs that generator (the
+deploy/jetson/check-py38.sh venv has it). `--check` works with any grpcio-tools from 1.70 on:
+it ignores the version stamps and the few lines newer generators only write differently.
 
 The `.proto` files are compiled with proto/ as the include root, so their descriptor names
 are the canonical `edgesam/v1/...` (what reflection shows and other languages import); the
 one import the gRPC plugin writes (`from edgesam.v1 import ...`) is made relative so the stubs
 import as `proto.edgesam.v1` from the repository and from an installed package alike.
 """
+
+from __future__ import annotations
 
 import argparse
 import re
@@ -18,10 +26,21 @@ from pathlib import Path
 PROTO_ROOT = Path(__file__).resolve().parent
 PROTOS = ["edgesam/v1/segmentation.proto"]
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+# The generator the committed stubs must come from (see the module docstring).
+STUB_GENERATOR = (1, 70)
 # Lines that only record which protoc/grpcio-tools wrote the file.
 _STAMP = re.compile(
     r"^(# Protobuf Python Version: .*|GRPC_GENERATED_VERSION = .*|\s*_runtime_version\.\w+,"
     r"\s*\d+,\s*|\s*\d+,\s*)$"
+)
+# Lines that grpcio-tools 1.70 and newer ones write differently for the same .proto: the
+# .pyi's typing imports (one line or two) are left out, the rest is mapped to one spelling:
+# `class X(object):`, an f-prefix on a string without fields, proto3 bools typed Optional.
+_TYPING_IMPORT = re.compile(r"^from (typing|collections\.abc) import ")
+_SPELLING = (
+    (re.compile(r"^class (\w+)\(object\):$"), r"class \1:"),
+    (re.compile(r"\bf'([^'{}]*)'"), r"'\1'"),
+    (re.compile(r": _Optional\[bool\] = \.\.\."), ": bool = ..."),
 )
 
 
@@ -67,8 +86,21 @@ def generate(out_dir: Path) -> list[Path]:
 
 
 def normalise(text: str) -> str:
-    """The file without the lines that only stamp the generator's version."""
-    return "\n".join(line for line in text.splitlines() if not _STAMP.match(line))
+    """The file without the lines that only stamp the generator's version, in one spelling."""
+    lines = []
+    for line in text.splitlines():
+        if _STAMP.match(line) or _TYPING_IMPORT.match(line):
+            continue
+        for pattern, replacement in _SPELLING:
+            line = pattern.sub(replacement, line)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def generator_version() -> tuple[int, ...]:
+    from importlib.metadata import version
+
+    return tuple(int(part) for part in version("grpcio-tools").split(".")[:2])
 
 
 def stale_files() -> list[str]:
@@ -94,6 +126,16 @@ def main(argv: list[str] | None = None) -> int:
         for rel in stale:
             print(f"stale: proto/{rel} (run python -m proto.generate)", file=sys.stderr)
         return 1 if stale else 0
+    found = generator_version()
+    if found != STUB_GENERATOR:
+        want = ".".join(map(str, STUB_GENERATOR))
+        print(
+            f"grpcio-tools {'.'.join(map(str, found))} is installed; the committed stubs come "
+            f"from grpcio-tools {want}.* so that Python 3.8 (protobuf 5.29) can load them: "
+            f"pip install 'grpcio-tools=={want}.*' in a separate venv and run this there",
+            file=sys.stderr,
+        )
+        return 2
     for path in generate(PROTO_ROOT):
         print(path.relative_to(PROTO_ROOT.parent))
     return 0

@@ -6,13 +6,15 @@ EDGESAM_DRAIN_SECONDS (so load balancers stop sending), then the servers stop. A
 signal stops at once.
 """
 
+from __future__ import annotations
+
 import asyncio
 import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from pydantic import ValidationError
 
@@ -63,7 +65,7 @@ def create_app(*args: Any, **kwargs: Any) -> Any:
 
 async def serve(
     settings: Settings,
-    service: "SegmentationService | None" = None,
+    service: SegmentationService | None = None,
     servers: list[ExtraServer] | None = None,
 ) -> int:
     """Run until a signal (after draining) or a failed model start; returns the exit code."""

@@ -10,6 +10,8 @@ cache alone (a miss is recomputed). After `retry_seconds` the next request tries
 so the cache recovers by itself.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import struct

@@ -1,6 +1,8 @@
 """Images in, masks out: image decoding with format sniffing, EXIF orientation and size/bomb
 checks; masks as COCO RLE (pycocotools), base64 PNG and polygons (cv2.findContours)."""
 
+from __future__ import annotations
+
 import base64
 import hashlib
 import io

@@ -5,12 +5,16 @@ naming the variable. `EDGESAM_CHECKPOINT`, `EDGESAM_HTTP_PORT`, `EDGESAM_GRPC_PO
 `EDGESAM_REDIS_URL`, `EDGESAM_BACKEND` and `EDGESAM_API_KEYS` are the public contract.
 """
 
+# No `from __future__ import annotations`: pydantic evaluates these annotations at run time;
+# typing's Optional/List/Tuple keep them valid on Python 3.8 (JetPack 5).
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import List, Literal, Optional
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.compat import Annotated
 
 GET_WEIGHTS_HINT = (
     "no checkpoint: run `python -m service.weights download` (or set EDGESAM_CHECKPOINT to an "
@@ -30,7 +34,7 @@ class Settings(BaseSettings):
     )
 
     # Model
-    checkpoint: Path | None = Field(
+    checkpoint: Optional[Path] = Field(
         None, description="official .pth or .safetensors; unset: the downloaded edge_sam.pth"
     )
     allow_random_weights: bool = False
@@ -39,8 +43,8 @@ class Settings(BaseSettings):
     device: str = "cpu"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     engine_cache_dir: Path = Field(default_factory=lambda: default_cache_root() / "engines")
-    torch_threads: int | None = Field(None, ge=1, le=256)
-    priors_checkpoint: Path | None = Field(
+    torch_threads: Optional[int] = Field(None, ge=1, le=256)
+    priors_checkpoint: Optional[Path] = Field(
         None,
         description="checkpoint with EdgeSAM's granularity-priors head (fpn.*/rpn_head.*): "
         "point-only prompts then also get the best proposal containing the point as a box",
@@ -48,16 +52,16 @@ class Settings(BaseSettings):
 
     # Roles and transports
     role: Literal["all", "encoder", "decoder"] = "all"
-    encoder_grpc_target: str | None = None
+    encoder_grpc_target: Optional[str] = None
     http_host: str = "0.0.0.0"
     http_port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(50051, ge=0, le=65535)  # 0: no gRPC server
-    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    api_keys: Annotated[List[SecretStr], NoDecode] = Field(default_factory=list)
     drain_seconds: float = Field(20.0, ge=0, le=600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # Cache
-    redis_url: str | None = None
+    redis_url: Optional[str] = None
     redis_key_prefix: str = "edgesam:"
     redis_socket_timeout: float = Field(0.5, gt=0, le=30)
     redis_connect_timeout: float = Field(0.5, gt=0, le=30)
@@ -93,7 +97,7 @@ class Settings(BaseSettings):
 
     @field_validator("api_keys")
     @classmethod
-    def _check_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+    def _check_keys(cls, value: List[SecretStr]) -> List[SecretStr]:
         for key in value:
             if len(key.get_secret_value()) < 8:
                 raise ValueError("every API key must be at least 8 characters long")
@@ -106,7 +110,7 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url")
     @classmethod
-    def _check_redis_url(cls, value: str | None) -> str | None:
+    def _check_redis_url(cls, value: Optional[str]) -> Optional[str]:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
@@ -128,10 +132,10 @@ class Settings(BaseSettings):
             raise ValueError("EDGESAM_PRECISION must be fp32 on the CPU")
         return self
 
-    def api_key_values(self) -> list[bytes]:
+    def api_key_values(self) -> List[bytes]:
         return [k.get_secret_value().encode() for k in self.api_keys]
 
-    def resolved_checkpoint(self) -> Path | None:
+    def resolved_checkpoint(self) -> Optional[Path]:
         """EDGESAM_CHECKPOINT, else the downloaded default checkpoint when present."""
         if self.checkpoint is not None:
             return self.checkpoint

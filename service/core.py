@@ -9,6 +9,8 @@ Transports (HTTP now, gRPC later) call these methods with schema objects and map
     out = await svc.segment(SegmentRequest(image_id=res.image_id, points=[[x, y]], labels=[1]))
 """
 
+from __future__ import annotations
+
 import asyncio
 import logging
 import math
@@ -32,6 +34,7 @@ from engine.core import (
 from engine.transforms import image_to_pixels
 from service import codecs
 from service.cache import TensorCache
+from service.compat import shutdown_now, to_thread
 from service.config import GET_WEIGHTS_HINT, Settings
 from service.errors import (
     BackendFailure,
@@ -96,7 +99,7 @@ class BoundedExecutor:
             self._metrics.queue_depth.labels(self.name).set(self._pending)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        shutdown_now(self._pool)
 
 
 class Encoder(Protocol):
@@ -202,7 +205,7 @@ class LocalEncoder:
 
     async def close(self) -> None:
         if self._batcher is not None:
-            await asyncio.to_thread(self._batcher.close)
+            await to_thread(self._batcher.close)
         self._exec.shutdown()
         self._prep.shutdown()
 
@@ -321,14 +324,14 @@ class SegmentationService:
         try:
             if self.backend is None:
                 self.check_startable()
-                self.backend = await asyncio.to_thread(self._load_backend)
+                self.backend = await to_thread(self._load_backend)
             if self.random_weights:
                 log.warning(
                     "RUNNING WITH RANDOM WEIGHTS: masks are meaningless. %s", GET_WEIGHTS_HINT
                 )
             backend = self.backend
-            await asyncio.to_thread(backend.warmup)
-            health = await asyncio.to_thread(backend.health)
+            await to_thread(backend.warmup)
+            health = await to_thread(backend.health)
             if not health.ok:
                 raise BackendError(f"warm-up health check failed: {health.error}")
             s = self.settings
@@ -349,9 +352,7 @@ class SegmentationService:
             if s.priors_checkpoint is not None and self.priors is None:
                 from engine.distill.priors import load_priors
 
-                self.priors = await asyncio.to_thread(
-                    load_priors, s.priors_checkpoint, device=s.device
-                )
+                self.priors = await to_thread(load_priors, s.priors_checkpoint, device=s.device)
                 log.info("granularity priors on, from %s", s.priors_checkpoint)
             if self.encoder is None and s.role != "decoder":
                 self.encoder = LocalEncoder(backend, s, self.metrics, self.priors)

@@ -5,6 +5,8 @@ Every transport maps errors through `spec_for(exc)` only: HTTP uses `http_status
 readable) and `message` (a sentence safe to show; never a stack trace).
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 

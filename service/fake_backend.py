@@ -7,12 +7,15 @@ pixels (1024 frame) per token; mask_input is added to the logits. Outputs depend
 inputs, never on randomness or timing.
 """
 
+from __future__ import annotations
+
 import hashlib
 
 import torch
 import torch.nn.functional as F
 
 from engine.backends.base import Backend, BackendInfo
+from engine.compat import zip_strict
 
 FAKE_RADIUS = 48.0  # 1024-frame pixels
 
@@ -63,7 +66,7 @@ class FakeBackend(Backend):
             labels = point_labels[b].tolist()
             coords = point_coords[b].float()
             corners: dict[int, torch.Tensor] = {}
-            for (x, y), label in zip(coords.tolist(), labels, strict=True):
+            for (x, y), label in zip_strict(coords.tolist(), labels):
                 dist = torch.sqrt((self._xs - x) ** 2 + (self._ys - y) ** 2)
                 if label == 1:
                     field = torch.maximum(field, FAKE_RADIUS - dist)

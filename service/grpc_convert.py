@@ -1,6 +1,8 @@
 """Messages of edgesam.v1 <-> the core's schema objects. No logic beyond the translation:
 validation is the schemas' and the core's, so gRPC rejects exactly what HTTP rejects."""
 
+from __future__ import annotations
+
 import base64
 from typing import Any
 

@@ -2,6 +2,8 @@
 trailing metadata that carry the stable error code, and the way back (for the decoder role,
 which re-raises an encoder's error as the same ServiceError kind)."""
 
+from __future__ import annotations
+
 import grpc
 
 from service.errors import ERROR_TABLE, ServiceError, public_message, spec_for

@@ -12,6 +12,8 @@ same process and event loop (service.__main__ starts it through `serve_grpc`).
   gets the caller's remaining time.
 """
 
+from __future__ import annotations
+
 import asyncio
 import contextlib
 import hmac

@@ -3,6 +3,8 @@ previous answer's low-res logits, all held in memory for the life of the stream 
 round trip per click). Prompts accumulate: every click adds a point, a box replaces the
 box, undo goes back one step, reset forgets everything."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +48,7 @@ class InteractiveSession:
     @classmethod
     async def open(
         cls, service: SegmentationService, start: pb.SessionStart
-    ) -> tuple["InteractiveSession", pb.SessionStarted]:
+    ) -> tuple[InteractiveSession, pb.SessionStarted]:
         """Embed (or find) the image and load its embedding once."""
         source = start.WhichOneof("source")
         if source is None:

@@ -1,14 +1,16 @@
 """HTTP transport: FastAPI routes over `SegmentationService`, errors mapped through the one
 table in service.errors, plus one small ASGI middleware for body limits, API keys, metrics,
-the random-weights header and last-resort error answers."""
+the random-weights header and last-resort error answers.
+
+No `from __future__ import annotations` here: FastAPI reads the route signatures at run
+time, so they use typing's Optional/Dict (Python 3.8, JetPack 5)."""
 
 import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 
 from fastapi import FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.compat import Annotated
 from service.config import Settings
 from service.core import SegmentationService
 from service.errors import (
@@ -58,7 +61,7 @@ def _is_open(path: str) -> bool:
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
 ImageIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="sha256 hex")]
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+ERROR_RESPONSES: Dict[Union[int, str], Dict[str, Any]] = {
     status: {"model": ErrorBody, "description": desc}
     for status, desc in (
         (400, "corrupt or truncated image"),
@@ -164,7 +167,7 @@ class EdgeSamMiddleware:
         return ok
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def _header(scope: Scope, name: bytes) -> Optional[str]:
     for key, value in scope.get("headers", []):
         if key == name:
             return value.decode("latin-1")
@@ -205,9 +208,9 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def create_app(
-    settings: Settings | None = None,
-    service: SegmentationService | None = None,
-    extra_servers: list[Callable[[SegmentationService], Awaitable[Any]]] | None = None,
+    settings: Optional[Settings] = None,
+    service: Optional[SegmentationService] = None,
+    extra_servers: Optional[List[Callable[[SegmentationService], Awaitable[Any]]]] = None,
 ) -> FastAPI:
     """The FastAPI app. `extra_servers` are coroutine factories started beside HTTP (the
     gRPC server goes there) and cancelled at shutdown."""
@@ -313,7 +316,7 @@ def create_app(
         return Response(status_code=204)
 
     @app.get("/healthz", summary="Liveness")
-    async def healthz() -> dict[str, str]:
+    async def healthz() -> Dict[str, str]:
         return {"status": "alive"}
 
     @app.get("/readyz", response_model=Readiness, summary="Readiness")
@@ -343,7 +346,7 @@ def create_app(
     return app
 
 
-async def _multipart_file(request: Request, max_bytes: int) -> tuple[bytes, str]:
+async def _multipart_file(request: Request, max_bytes: int) -> Tuple[bytes, str]:
     try:
         form = await request.form(max_files=1, max_fields=8, max_part_size=max_bytes)
     except PayloadTooLarge:

@@ -12,6 +12,8 @@
   (same Redis, key prefix and model), so a misconfigured pair fails loudly, not per click.
 """
 
+from __future__ import annotations
+
 import asyncio
 import json
 import logging

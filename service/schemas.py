@@ -5,17 +5,21 @@ Structure is checked here (types, lengths, enums, unknown fields); checks that n
 HTTP and gRPC transports reject exactly the same prompts.
 """
 
-from typing import Annotated, Literal
+# No `from __future__ import annotations`: pydantic evaluates these annotations at run time;
+# typing's Optional/List/Tuple keep them valid on Python 3.8 (JetPack 5).
+from typing import Dict, List, Literal, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from service.compat import Annotated
 
 ImageId = Annotated[
     str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the image bytes (hex)")
 ]
 MaskId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="id of stored mask logits")]
 OutputFormat = Literal["rle", "png", "polygons"]
-Point = tuple[float, float]
-Box = tuple[float, float, float, float]
+Point = Tuple[float, float]
+Box = Tuple[float, float, float, float]
 
 
 class _Strict(BaseModel):
@@ -32,23 +36,23 @@ class EmbedResult(_Strict):
 
 class SegmentRequest(_Strict):
     image_id: ImageId
-    points: list[Point] | None = Field(
+    points: Optional[List[Point]] = Field(
         None, description="[[x, y], ...] in original image pixels", max_length=4096
     )
-    labels: list[Literal[0, 1]] | None = Field(
+    labels: Optional[List[Literal[0, 1]]] = Field(
         None, description="one per point: 1 foreground, 0 background", max_length=4096
     )
-    box: Box | None = Field(None, description="[x0, y0, x1, y1] in original image pixels")
-    boxes: list[Box] | None = Field(
+    box: Optional[Box] = Field(None, description="[x0, y0, x1, y1] in original image pixels")
+    boxes: Optional[List[Box]] = Field(
         None, description="several boxes, one result each, decoded as one batch", max_length=1024
     )
-    mask_input_id: MaskId | None = Field(
+    mask_input_id: Optional[MaskId] = Field(
         None, description="refine from a previous answer's mask_input_id"
     )
     num_masks: Literal[1, 3, 4] = Field(
         1, description="1: the single-mask token; 3: the three multimask tokens; 4: all four"
     )
-    output: list[OutputFormat] = Field(default_factory=lambda: ["rle"], min_length=1)
+    output: List[OutputFormat] = Field(default_factory=lambda: ["rle"], min_length=1)
     use_priors: bool = Field(
         True,
         description="where the service runs with granularity priors: add the best proposal "
@@ -57,7 +61,7 @@ class SegmentRequest(_Strict):
 
 
 class Rle(_Strict):
-    size: tuple[int, int] = Field(description="[height, width]")
+    size: Tuple[int, int] = Field(description="[height, width]")
     counts: str = Field(description="COCO compressed RLE (pycocotools)")
 
 
@@ -66,11 +70,11 @@ class MaskItem(_Strict):
     mask_index: int = Field(description="mask token index within the prompt's answer")
     score: float = Field(description="predicted IoU")
     stability_score: float
-    bbox: tuple[int, int, int, int] = Field(description="[x, y, width, height] in pixels")
+    bbox: Tuple[int, int, int, int] = Field(description="[x, y, width, height] in pixels")
     area: int
-    rle: Rle | None = None
-    png: str | None = Field(None, description="base64 PNG, 0/255 greyscale")
-    polygons: list[list[float]] | None = Field(
+    rle: Optional[Rle] = None
+    png: Optional[str] = Field(None, description="base64 PNG, 0/255 greyscale")
+    polygons: Optional[List[List[float]]] = Field(
         None, description="outer contours, each [x0, y0, x1, y1, ...]"
     )
 
@@ -79,11 +83,11 @@ class SegmentResult(_Strict):
     image_id: ImageId
     width: int
     height: int
-    masks: list[MaskItem]
-    mask_input_id: MaskId | None = Field(
+    masks: List[MaskItem]
+    mask_input_id: Optional[MaskId] = Field(
         None, description="the best mask of the first prompt, for the next refinement"
     )
-    mask_input_ids: list[MaskId] = Field(
+    mask_input_ids: List[MaskId] = Field(
         default_factory=list, description="the best mask of each prompt"
     )
 
@@ -98,25 +102,25 @@ class EverythingRequest(_Strict):
     box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0)
     min_mask_region_area: int = Field(0, ge=0, le=10_000_000)
     max_masks: int = Field(256, ge=1, le=4096, description="keep the largest-scoring N")
-    output: list[OutputFormat] = Field(default_factory=lambda: ["rle"], min_length=1)
+    output: List[OutputFormat] = Field(default_factory=lambda: ["rle"], min_length=1)
 
 
 class EverythingMask(_Strict):
     score: float
     stability_score: float
-    bbox: tuple[int, int, int, int]
+    bbox: Tuple[int, int, int, int]
     area: int
-    point: tuple[float, float] = Field(description="the grid point that produced the mask")
-    rle: Rle | None = None
-    png: str | None = None
-    polygons: list[list[float]] | None = None
+    point: Tuple[float, float] = Field(description="the grid point that produced the mask")
+    rle: Optional[Rle] = None
+    png: Optional[str] = None
+    polygons: Optional[List[List[float]]] = None
 
 
 class EverythingResult(_Strict):
     image_id: ImageId
     width: int
     height: int
-    masks: list[EverythingMask]
+    masks: List[EverythingMask]
 
 
 class ErrorBody(_Strict):
@@ -126,7 +130,7 @@ class ErrorBody(_Strict):
 
 class ComponentStatus(_Strict):
     status: Literal["ok", "degraded", "down", "loading", "disabled"]
-    detail: str | None = None
+    detail: Optional[str] = None
 
 
 class Readiness(_Strict):
@@ -135,4 +139,4 @@ class Readiness(_Strict):
     model: ComponentStatus
     cache: ComponentStatus
     random_weights: bool
-    backend: dict[str, str] = Field(default_factory=dict)
+    backend: Dict[str, str] = Field(default_factory=dict)

@@ -5,6 +5,8 @@ The checkpoints are published by the EdgeSAM authors under the NTU S-Lab License
 allows NON-COMMERCIAL use only; the command prints this before downloading.
 """
 
+from __future__ import annotations
+
 import argparse
 import os
 import sys
@@ -50,6 +52,12 @@ def verify(path: Path) -> None:
         raise DownloadError(f"the downloaded file is not an EdgeSAM checkpoint: {exc}") from exc
 
 
+def _progress_bar(desc: str, total: int | None, enabled: bool) -> tqdm:
+    return tqdm(
+        total=total, unit="B", unit_scale=True, desc=desc, disable=not enabled, file=sys.stderr
+    )
+
+
 def download(
     name: str = "edge_sam",
     dest_dir: Path | None = None,
@@ -74,17 +82,7 @@ def download(
             total = int(response.headers.get("Content-Length") or 0) or None
             if total and total > MAX_BYTES:
                 raise DownloadError(f"{source} is {total} bytes; refusing more than {MAX_BYTES}")
-            with (
-                open(tmp, "wb") as out,
-                tqdm(
-                    total=total,
-                    unit="B",
-                    unit_scale=True,
-                    desc=f"{name}.pth",
-                    disable=not progress,
-                    file=sys.stderr,
-                ) as bar,
-            ):
+            with open(tmp, "wb") as out, _progress_bar(f"{name}.pth", total, progress) as bar:
                 size = 0
                 while chunk := response.read(CHUNK):
                     size += len(chunk)

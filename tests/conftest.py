@@ -5,6 +5,8 @@ Redis: EDGESAM_TEST_REDIS_URL, default redis://127.0.0.1:6379/0 (.ci/run starts 
 never flush it: they write under a unique prefix and delete exactly those keys afterwards.
 """
 
+from __future__ import annotations
+
 import os
 import shutil
 import socket
@@ -161,7 +163,7 @@ class UvicornThread:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def start(self, timeout: float = 30.0) -> "UvicornThread":
+    def start(self, timeout: float = 30.0) -> UvicornThread:
         self.thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:

@@ -3,7 +3,8 @@
 Used by the Dockerfile so that torch (and anything else a target gets elsewhere, such as
 TensorRT from the L4T base on a Jetson) can be left out while every other pin still comes
 from the one pyproject.toml. Runs on Python 3.8+ (JetPack 5) with ``tomli`` when
-``tomllib`` is missing.
+``tomllib`` is missing. Environment markers (``; python_version < '3.10'``) are kept: pip
+evaluates them with the image's own Python, which is the one that installs.
 
     python requirements.py pyproject.toml --extra tensorrt --exclude torch
 """

@@ -74,7 +74,9 @@ name="$(basename "${checkpoint%.*}")"
 onnx_dir="${cache_dir}/onnx"
 start=$(date +%s)
 echo "== exporting $checkpoint to ONNX in $onnx_dir"
-python -m engine.export onnx --checkpoint "$checkpoint" --out-dir "$onnx_dir" --name "$name"
+# --for-tensorrt: the opset this TensorRT's ONNX parser reads (16 on JetPack 5's TensorRT 8.5).
+python -m engine.export onnx --checkpoint "$checkpoint" --out-dir "$onnx_dir" --name "$name" \
+  --for-tensorrt
 if [[ ! -f "${onnx_dir}/${name}_encoder.onnx" ]]; then
   echo "export wrote no ${onnx_dir}/${name}_encoder.onnx" >&2
   exit 1

@@ -6,6 +6,8 @@ IoU predictions for all four mask tokens). Pre/post-processing, prompt transform
 selection live above it (engine.core), so every backend is interchangeable.
 """
 
+from __future__ import annotations
+
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence

@@ -489,19 +489,22 @@ def export_cached(
     checkpoint: str | os.PathLike[str] | None,
     cache_dir: str | os.PathLike[str] | None = None,
     upsample_mode: str = "bicubic",
+    opset: int | None = None,
 ) -> tuple[Path, Path]:
-    """Our ONNX pair for a checkpoint, exported once per (file content, mode, opset, format).
+    """Our ONNX pair for a checkpoint, exported once per (file content, mode, opset, format);
+    `opset` None is the exporter's default.
 
     None (random weights) exports into a fresh temporary folder, never cached."""
     from engine.export import DEFAULT_OPSET, FORMAT_VERSION, export_onnx, file_digest
     from engine.loader import build_edge_sam
 
+    opset = DEFAULT_OPSET if opset is None else opset
     if checkpoint is None:
         out = Path(tempfile.mkdtemp(prefix="edgesam-onnx-"))
-        pair = export_onnx(build_edge_sam(None, upsample_mode), out, "random")  # type: ignore[arg-type]
+        pair = export_onnx(build_edge_sam(None, upsample_mode), out, "random", opset)  # type: ignore[arg-type]
         return pair.encoder, pair.decoder
     ckpt = Path(checkpoint)
-    key = f"{ckpt.stem}-{file_digest(ckpt, 12)}-{upsample_mode}-op{DEFAULT_OPSET}-v{FORMAT_VERSION}"
+    key = f"{ckpt.stem}-{file_digest(ckpt, 12)}-{upsample_mode}-op{opset}-v{FORMAT_VERSION}"
     folder = Path(cache_dir) if cache_dir else default_cache_dir() / "onnx"
     target = folder / key
     enc, dec = target / "edge_sam_encoder.onnx", target / "edge_sam_decoder.onnx"
@@ -511,7 +514,7 @@ def export_cached(
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
     try:
         log.info("exporting %s to ONNX into %s (once)", ckpt.name, target)
-        export_onnx(build_edge_sam(ckpt, upsample_mode), tmp, "edge_sam", source=ckpt.name)  # type: ignore[arg-type]
+        export_onnx(build_edge_sam(ckpt, upsample_mode), tmp, "edge_sam", opset, source=ckpt.name)  # type: ignore[arg-type]
         try:
             tmp.rename(target)
         except OSError:  # another process won the race; use its files

@@ -1,4 +1,5 @@
-"""TensorRT backend (TensorRT 10 Python API): engines built from our ONNX export.
+"""TensorRT backend (TensorRT 10 Python API, and 8.5 on JetPack 5): engines built from our
+ONNX export.
 
 - Build: OnnxParser -> network, fp16 flag where asked, one optimisation profile per engine
   (encoder over image batches; decoder over prompts and points), a workspace limit, and a
@@ -21,9 +22,9 @@ import logging
 import os
 import queue
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -38,9 +39,12 @@ from engine.backends.trt_logic import (
     check_feeds,
     dim_ranges,
     dtype_name,
+    needs_explicit_batch_flag,
     profile_as_json,
     read_engine_file,
     split_batches,
+    tensorrt_opset,
+    unsupported_onnx_ops,
     write_engine_file,
 )
 
@@ -113,6 +117,14 @@ def onnx_input_specs(path: str | os.PathLike[str]) -> list[TensorSpec]:
     return specs
 
 
+def onnx_op_types(path: str | os.PathLike[str]) -> set[str]:
+    """The operator types in an ONNX file (read with `onnx`, no GPU)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {node.op_type for node in model.graph.node}
+
+
 def build_engine_bytes(
     onnx_path: str | os.PathLike[str],
     profile: Mapping[str, ShapeRange],
@@ -123,9 +135,18 @@ def build_engine_bytes(
 ) -> bytes:
     """Parse the ONNX file and build a serialised engine with one optimisation profile."""
     trt = _import_trt()
+    unsupported = unsupported_onnx_ops(trt.__version__, onnx_op_types(onnx_path))
+    if unsupported:
+        raise BackendError(
+            f"TensorRT {trt.__version__} cannot import {', '.join(unsupported)} from "
+            f"{onnx_path}: export it again with `python -m engine.export onnx --for-tensorrt`"
+        )
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    flags = 0  # TensorRT 10: explicit batch is the only mode
+    if needs_explicit_batch_flag(trt.__version__):
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -373,14 +394,18 @@ class TensorRTBackend(Backend):
         the cache), or a .pth/.safetensors checkpoint (exported to ONNX once, then built)."""
         if str(device).partition(":")[0] != "cuda":
             raise BackendUnavailable("the TensorRT backend needs a cuda device")
-        _import_trt()
+        trt = _import_trt()
         if path is not None and Path(path).suffix in (".engine", ".plan"):
             return cls(path, device, None, num_contexts, precision)
         if path is None or Path(path).suffix != ".onnx":
             from engine.backends.onnxruntime_backend import export_cached
+            from engine.export import DEFAULT_OPSET
 
             path, decoder_path = export_cached(
-                path, cache_dir and Path(cache_dir) / "onnx", upsample_mode
+                path,
+                cache_dir and Path(cache_dir) / "onnx",
+                upsample_mode,
+                tensorrt_opset(trt.__version__, DEFAULT_OPSET),
             )
         written = build_engines_for(
             path,

@@ -1,6 +1,8 @@
 """PyTorch backend: CPU (fp32) and CUDA (fp32, fp16, bf16), channels_last, re-parameterised
 encoder, inference mode."""
 
+from __future__ import annotations
+
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any

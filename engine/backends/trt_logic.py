@@ -13,19 +13,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Tuple
 
 from engine.backends.base import BackendError
+from engine.compat import zip_strict
 
 MAGIC = b"EDGESAM-TRT\x00"
 HEADER_VERSION = 1
 _LEN = struct.Struct("<Q")
 
-Shape = tuple[int, ...]
-ShapeRange = tuple[Shape, Shape, Shape]  # (min, opt, max)
+Shape = Tuple[int, ...]
+ShapeRange = Tuple[Shape, Shape, Shape]  # (min, opt, max)
 
 
 class ForeignEngineError(BackendError):
@@ -253,7 +256,7 @@ def check_feeds(
         lo, _, hi = profile[t.name]
         if len(shape) != len(lo):
             raise ValueError(f"{t.name}: rank {len(shape)}, engine wants {len(lo)}")
-        for axis, (s, a, b) in enumerate(zip(shape, lo, hi, strict=True)):
+        for axis, (s, a, b) in enumerate(zip_strict(shape, lo, hi)):
             if not a <= s <= b:
                 raise ValueError(
                     f"{t.name} axis {axis} = {s} is outside the engine's profile [{a}, {b}]"
@@ -286,3 +289,36 @@ def dtype_name(trt_dtype: object) -> str:
     if text not in TRT_DTYPE_NAMES:
         raise BackendError(f"unsupported TensorRT tensor type {trt_dtype}")
     return TRT_DTYPE_NAMES[text]
+
+
+# TensorRT 8.5 (JetPack 5) against 10.x (JetPack 6, x86): what the code must do differently.
+# Checked against TensorRT's Python bindings for 8.5 (python/src/infer/pyCore.cpp) and
+# onnx-tensorrt's release/8.5-GA docs/operators.md.
+
+
+def tensorrt_release(version: str) -> tuple[int, int]:
+    """'8.5.2.2' -> (8, 5)."""
+    match = re.match(r"\s*(\d+)\.(\d+)", version)
+    if match is None:
+        raise ValueError(f"not a TensorRT version: {version!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def needs_explicit_batch_flag(version: str) -> bool:
+    """Whether create_network needs NetworkDefinitionCreationFlag.EXPLICIT_BATCH: before
+    TensorRT 10, flags=0 makes an implicit-batch network, which the ONNX parser refuses; 10
+    has only explicit batch and deprecates the flag."""
+    return tensorrt_release(version) < (10, 0)
+
+
+def tensorrt_opset(version: str, wanted: int) -> int:
+    """The ONNX opset to export for this TensorRT: at most 16 before 8.6, whose ONNX parser
+    lacks LayerNormalization (how opset 17 writes layer norm; 16 writes plain arithmetic)."""
+    return wanted if tensorrt_release(version) >= (8, 6) else min(wanted, 16)
+
+
+def unsupported_onnx_ops(version: str, op_types: Iterable[str]) -> list[str]:
+    """The ONNX operators among `op_types` this TensorRT's parser cannot import (those this
+    model can contain)."""
+    missing = {"LayerNormalization"} if tensorrt_release(version) < (8, 6) else set()
+    return sorted(missing & set(op_types))

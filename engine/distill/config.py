@@ -5,10 +5,10 @@ overrides (values parsed as YAML) and validates the result: unknown keys, wrong 
 out-of-range values raise with the offending field named.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: pydantic evaluates these annotations at run time;
+# typing's Optional/List/Tuple keep them valid on Python 3.8 (JetPack 5).
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -23,15 +23,15 @@ class DataConfig(Strict):
 
     format: Literal["sa1b", "coco"] = "sa1b"
     root: str = "datasets/SA-1B"
-    split: str | None = "train"
-    ann_file: str | None = None  # COCO instances json
-    limit: int | None = Field(None, ge=1, description="use only the first N images (sorted)")
+    split: Optional[str] = "train"
+    ann_file: Optional[str] = None  # COCO instances json
+    limit: Optional[int] = Field(None, ge=1, description="use only the first N images (sorted)")
     image_size: int = Field(1024, ge=64, description="long side after resize; multiple of 32")
     num_workers: int = Field(8, ge=0)
     max_prompts: int = Field(16, ge=1, description="annotations per image, drawn with replacement")
 
     @model_validator(mode="after")
-    def _check(self) -> DataConfig:
+    def _check(self) -> "DataConfig":
         if self.image_size % 32:
             raise ValueError("data.image_size must be a multiple of 32")
         if self.format == "coco" and not self.ann_file:
@@ -47,10 +47,10 @@ class OptimConfig(Strict):
     warmup_lr: float = Field(ge=0)
     warmup_epochs: float = Field(ge=0)
     weight_decay: float = Field(ge=0)
-    clip_grad: float | None = Field(5.0, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: Optional[float] = Field(5.0, gt=0)
+    betas: Tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    lr_scale_batch: int | None = Field(
+    lr_scale_batch: Optional[int] = Field(
         512, ge=1, description="multiply every LR by total batch / this; null disables"
     )
     warmup_prefix: bool = Field(
@@ -75,10 +75,10 @@ class RunConfig(Strict):
     )
     resume: bool = True
     log_every: int = Field(10, ge=1)
-    save_every_steps: int | None = Field(None, ge=1, description="extra mid-epoch checkpoints")
-    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (tests)")
+    save_every_steps: Optional[int] = Field(None, ge=1, description="extra mid-epoch checkpoints")
+    max_steps: Optional[int] = Field(None, ge=1, description="stop after this many steps (tests)")
     upsample_mode: Literal["bicubic", "bilinear"] = "bicubic"
-    sam_checkpoint: str | None = Field(
+    sam_checkpoint: Optional[str] = Field(
         None, description="official SAM checkpoint: prompt encoder + mask decoder source"
     )
 
@@ -112,7 +112,7 @@ class Phase1Config(RunConfig):
     optim: OptimConfig = Field(default_factory=_phase1_optim)
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(8, ge=1)
-    init_checkpoint: str | None = Field(
+    init_checkpoint: Optional[str] = Field(
         None, description="student encoder start (official: repvit_m1_distill_300.pth)"
     )
     sync_bn: bool = Field(True, description="SyncBatchNorm on multi-GPU runs")
@@ -125,7 +125,7 @@ class Phase2Config(RunConfig):
     optim: OptimConfig = Field(default_factory=_phase2_optim)
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(2, ge=1)
-    phase1_checkpoint: str | None = Field(None, description="encoder from phase 1")
+    phase1_checkpoint: Optional[str] = Field(None, description="encoder from phase 1")
     box_prob: float = Field(0.5, ge=0, le=1, description="P(box prompts) per batch")
     decode_iters: int = Field(2, ge=1)
     multimask_outputs: Literal[1, 3, 4] = 4
@@ -169,13 +169,13 @@ class PriorsConfig(RunConfig):
     )
     epochs: int = Field(12, ge=1)
     batch_size: int = Field(8, ge=1)
-    model_checkpoint: str | None = Field(None, description="distilled EdgeSAM (frozen encoder)")
+    model_checkpoint: Optional[str] = Field(None, description="distilled EdgeSAM (frozen encoder)")
     embeddings: str = ""
     channels: int = Field(96, ge=8)
     max_boxes: int = Field(100, ge=1)
 
 
-CONFIGS: dict[str, type[Strict]] = {
+CONFIGS: Dict[str, Type[Strict]] = {
     "embed": EmbedConfig,
     "phase1": Phase1Config,
     "phase2": Phase2Config,
@@ -183,7 +183,7 @@ CONFIGS: dict[str, type[Strict]] = {
 }
 
 
-def _merge(base: dict[str, Any], new: dict[str, Any]) -> None:
+def _merge(base: Dict[str, Any], new: Dict[str, Any]) -> None:
     """Deep-merge `new` into `base` (sections merge, values replace)."""
     for k, v in new.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
@@ -192,7 +192,7 @@ def _merge(base: dict[str, Any], new: dict[str, Any]) -> None:
             base[k] = v
 
 
-def set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(d: Dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     for p in parts[:-1]:
         d = d.setdefault(p, {})
@@ -202,11 +202,11 @@ def set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def load_config(
-    step: str, path: str | Path | None = None, overrides: list[str] | None = None
+    step: str, path: Union[str, Path, None] = None, overrides: Optional[List[str]] = None
 ) -> Any:
     """Build the validated config of `step` from defaults, an optional YAML file and
     `key.sub=value` overrides."""
-    raw: dict[str, Any] = CONFIGS[step]().model_dump(mode="json")
+    raw: Dict[str, Any] = CONFIGS[step]().model_dump(mode="json")
     if path:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(loaded, dict):

@@ -73,6 +73,14 @@ def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, to
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def load_partial(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load the entries of `state` that `model` has and leave every other one as it is, which
+    `load_state_dict(state, strict=False)` does not on torch 2.1 (JetPack 5): that resets each
+    BatchNorm's num_batches_tracked missing from `state` to 0 (torch 2.13 keeps it)."""
+    current = model.state_dict()
+    model.load_state_dict({**current, **{k: v for k, v in state.items() if k in current}})
+
+
 def load_encoder_weights(model: EdgeSam, path: str | Path) -> None:
     """Image-encoder weights from a full EdgeSAM checkpoint, a training checkpoint of ours, or a
     bare encoder state dict; strict (every encoder key must be there with its shape)."""

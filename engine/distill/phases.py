@@ -18,6 +18,7 @@ from engine.distill.model import (
     PromptDecoder,
     build_student,
     load_encoder_weights,
+    load_partial,
     official_state_dict,
 )
 from engine.distill.trainer import DistEnv, Task
@@ -44,7 +45,7 @@ class Phase1Task(Task):
             load_encoder_weights(self.student, cfg.init_checkpoint)
         self.sam_state = load_sam_prompt_decoder(cfg.sam_checkpoint) if cfg.sam_checkpoint else None
         if self.sam_state is not None:
-            self.student.load_state_dict(self.sam_state, strict=False)
+            load_partial(self.student, self.sam_state)
         enc: nn.Module = self.student.image_encoder
         if cfg.sync_bn and env.world > 1:
             if env.device.type == "cuda":
@@ -106,7 +107,7 @@ class Phase2Task(Task):
         )
         if missing:
             raise ValueError(f"{cfg.sam_checkpoint} lacks {sorted(missing)[:5]}")
-        student.load_state_dict(sam, strict=False)
+        load_partial(student, sam)
         teacher = PromptDecoder(size)
         teacher.load_state_dict(sam, strict=True)
         teacher.requires_grad_(False).eval()

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.compat import zip_strict
 from engine.distill.trainer import DistEnv, Task
 
 STAGES = ("stage1", "stage2", "stage3")
@@ -40,10 +41,10 @@ class PriorFPN(nn.Module):
         )
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        lat = [conv(f) for conv, f in zip(self.lateral, feats, strict=True)]
+        lat = [conv(f) for conv, f in zip_strict(self.lateral, feats)]
         for i in range(len(lat) - 2, -1, -1):
             lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
-        return [conv(x) for conv, x in zip(self.output, lat, strict=True)]
+        return [conv(x) for conv, x in zip_strict(self.output, lat)]
 
 
 class PriorHead(nn.Module):
@@ -86,7 +87,7 @@ class GranularityPriors(nn.Module):
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         feats = self.fpn([stages[k] for k in STAGES])
         out = []
-        for (logit, dist), f in zip(self.rpn_head(feats), feats, strict=True):
+        for (logit, dist), f in zip_strict(self.rpn_head(feats), feats):
             stride = image_size / f.shape[-1]
             centers = grid_centers(f.shape[-2], f.shape[-1], stride, f.device)  # Nx2
             d = dist.flatten(2).transpose(1, 2) * stride  # BxNx4 (l, t, r, b)
@@ -217,7 +218,7 @@ def priors_loss(
     ranges = [(0.0, 64 * scale), (64 * scale, 128 * scale), (128 * scale, float("inf"))]
     cls_sum, reg_sum = levels[0][0].new_zeros(()), levels[0][0].new_zeros(())
     npos = 0
-    for (logits, boxes), stride, (lo, hi) in zip(levels, strides, ranges, strict=True):
+    for (logits, boxes), stride, (lo, hi) in zip_strict(levels, strides, ranges):
         side = int(round(logits.shape[1] ** 0.5))
         centers = grid_centers(side, side, stride, logits.device)
         for b, gt in enumerate(gt_boxes):

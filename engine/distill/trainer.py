@@ -232,6 +232,14 @@ def build_loader(
 # --------------------------------------------------------------------------- training
 
 
+def grad_scaler(enabled: bool) -> torch.amp.GradScaler:
+    """A CUDA GradScaler: torch.amp's (torch >= 2.3; newer torch deprecates the other), else
+    torch.cuda.amp's (torch 2.1 on JetPack 5)."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
 def train(cfg: Any, task: Task, env: DistEnv | None = None, progress: bool = True) -> Path:
     """Run (or resume) a training phase; returns the exported model file."""
     env = env or init_distributed()
@@ -251,7 +259,7 @@ def train(cfg: Any, task: Task, env: DistEnv | None = None, progress: bool = Tru
     total, warmup = cfg.epochs * iters, int(round(o.warmup_epochs * iters))
     use_amp = cfg.amp and env.device.type == "cuda"
     amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    scaler = grad_scaler(enabled=use_amp and amp_dtype == torch.float16)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + env.rank)
     params = [p for g in optimizer.param_groups for p in g["params"]]
 

@@ -1,7 +1,11 @@
 """Small building blocks shared by the encoder, prompt encoder and decoder."""
 
+from __future__ import annotations
+
 import torch
 from torch import nn
+
+from engine.compat import zip_strict
 
 
 class LayerNorm2d(nn.Module):
@@ -47,7 +51,7 @@ class MLP(nn.Module):
         super().__init__()
         dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out, strict=True))
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip_strict(dims_in, dims_out))
         self.sigmoid_output = sigmoid_output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

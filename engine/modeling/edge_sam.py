@@ -1,5 +1,7 @@
 """The whole EdgeSAM model: image encoder, prompt encoder, mask decoder."""
 
+from __future__ import annotations
+
 import weakref
 from collections import OrderedDict
 
@@ -71,7 +73,7 @@ class EdgeSam(nn.Module):
             self._dense_pe = pe
         return self._dense_pe
 
-    def train(self, mode: bool = True) -> "EdgeSam":
+    def train(self, mode: bool = True) -> EdgeSam:
         self._clear_caches()
         return super().train(mode)
 

@@ -4,6 +4,8 @@
 Input  Bx3x1024x1024 (normalised, padded) -> output Bx256x64x64.
 """
 
+from __future__ import annotations
+
 from typing import Literal
 
 import torch

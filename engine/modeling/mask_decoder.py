@@ -1,5 +1,7 @@
 """SAM's mask decoder with EdgeSAM's choice of 1, 3 or 4 output masks."""
 
+from __future__ import annotations
+
 import torch
 import torch.nn.functional as F
 from torch import nn

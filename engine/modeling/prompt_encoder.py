@@ -1,5 +1,7 @@
 """SAM's prompt encoder: points, box corners and a low-res mask to embeddings."""
 
+from __future__ import annotations
+
 import math
 
 import torch

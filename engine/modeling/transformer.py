@@ -1,5 +1,7 @@
 """SAM's two-way transformer: prompt tokens and image positions attend to each other."""
 
+from __future__ import annotations
+
 import math
 
 import torch
@@ -7,6 +9,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.modeling.common import MLPBlock
+
+# torch < 2.5's ONNX exporter fails on a float `scale` given to scaled_dot_product_attention
+# (pytorch#125158, fixed in 2.5); JetPack 5 has torch 2.1.
+_EXPORTER_TAKES_FLOAT_SCALE = torch.__version__ >= (2, 5)
+
+
+def sdpa_scale(scale: float) -> dict[str, float]:
+    """scaled_dot_product_attention's `scale` argument for `scale` = 1/sqrt(head dim), SDPA's
+    own default: left out only while an older exporter traces, which computes that default
+    in the graph instead."""
+    if _EXPORTER_TAKES_FLOAT_SCALE or not torch.onnx.is_in_onnx_export():
+        return {"scale": scale}
+    return {}
 
 
 def _softmax_last(x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +69,7 @@ class Attention(nn.Module):
         if k.shape[0] != q.shape[0]:
             k = k.expand(q.shape[0], -1, -1, -1)
             v = v.expand(q.shape[0], -1, -1, -1)
-        out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]))
+        out = F.scaled_dot_product_attention(q, k, v, **sdpa_scale(1.0 / math.sqrt(q.shape[-1])))
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
 

@@ -1,6 +1,8 @@
 """Helpers for the browser test: find Debian's Chromium, start the real service on free ports,
 launch headless Chromium through Playwright (nothing downloaded), and read masks back."""
 
+from __future__ import annotations
+
 import base64
 import io
 import os

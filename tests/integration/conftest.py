@@ -1,6 +1,8 @@
 """Integration fixtures: a real service (real app, real uvicorn on loopback) with either the
 deterministic fake backend or the real model, and an HTTP client for it."""
 
+from __future__ import annotations
+
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass

@@ -1,6 +1,8 @@
 """A real service with HTTP and gRPC on loopback (one uvicorn thread, one event loop, as
 `python -m service` runs them), for the gRPC integration tests."""
 
+from __future__ import annotations
+
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 

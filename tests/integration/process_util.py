@@ -1,5 +1,7 @@
 """Service processes (tests.integration.fake_server) on loopback ports, stopped after use."""
 
+from __future__ import annotations
+
 import os
 import subprocess
 import sys

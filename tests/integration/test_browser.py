@@ -7,6 +7,8 @@ resolution (any painted pixel counts) and compared pixel for pixel with the mask
 returns for the very request the page sent. Screenshots go to artifacts/browser/.
 """
 
+from __future__ import annotations
+
 import io
 import json
 from collections.abc import Iterator

@@ -2,6 +2,8 @@
 process, with the deterministic fake backend: parity with HTTP, errors, limits, auth,
 health, reflection, deadlines and the interactive session."""
 
+from __future__ import annotations
+
 import base64
 import concurrent.futures
 import threading
@@ -15,6 +17,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from engine.compat import zip_strict
 from proto.edgesam.v1 import segmentation_pb2 as pb
 from service.fake_backend import FakeBackend
 from tests.conftest import wait_until
@@ -95,7 +98,7 @@ def test_embed_and_segment_match_http(both: BothTransports) -> None:
     )
     assert (answer.width, answer.height) == (128, 96)
     assert len(answer.masks) == len(body["masks"]) == 3
-    for got, want in zip(answer.masks, body["masks"], strict=True):
+    for got, want in zip_strict(answer.masks, body["masks"]):
         assert (got.prompt_index, got.mask_index) == (want["prompt_index"], want["mask_index"])
         assert got.rle.counts == want["rle"]["counts"] and list(got.rle.size) == [96, 128]
         assert got.png == base64.b64decode(want["png"])

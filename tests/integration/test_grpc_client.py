@@ -2,6 +2,8 @@
 on loopback, real Redis, fake backend): the same answers on both transports, sync and async,
 sessions, transparent re-embed, retries on overload."""
 
+from __future__ import annotations
+
 import asyncio
 import concurrent.futures
 import json

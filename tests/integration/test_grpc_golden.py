@@ -1,6 +1,8 @@
 """Golden masks of ../shared/reference/case_a through gRPC Embed then Segment (and through
 an interactive session) equal those through HTTP, and the official implementation's."""
 
+from __future__ import annotations
+
 from pathlib import Path
 
 import numpy as np

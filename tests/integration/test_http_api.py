@@ -1,5 +1,7 @@
 """The HTTP API over loopback against a real Redis, with the deterministic fake backend."""
 
+from __future__ import annotations
+
 import base64
 import concurrent.futures
 import io
@@ -12,6 +14,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from engine.compat import zip_strict
 from service.fake_backend import FakeBackend
 from tests.integration.conftest import RunningService, png_bytes, test_image
 
@@ -133,7 +136,7 @@ def test_num_masks_boxes_and_refinement(svc: RunningService) -> None:
     body = r.json()
     assert [m["prompt_index"] for m in body["masks"]] == [0, 1]
     assert len(body["mask_input_ids"]) == 2
-    for item, (x0, y0, x1, y1) in zip(body["masks"], boxes, strict=True):
+    for item, (x0, y0, x1, y1) in zip_strict(body["masks"], boxes):
         bx, by, bw, bh = item["bbox"]
         assert x0 - 8 <= bx and bx + bw <= x1 + 8 and y0 - 8 <= by and by + bh <= y1 + 8
     # refinement changes the answer (the fake adds 0.5 * mask_input to the logits)

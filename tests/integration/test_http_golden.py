@@ -1,6 +1,8 @@
 """Golden masks of ../shared/reference/case_a through embed -> segment over HTTP, with the
 real model; and the same answers from a second service instance that only shares Redis."""
 
+from __future__ import annotations
+
 from pathlib import Path
 
 import numpy as np

@@ -1,6 +1,8 @@
 """`python -m service` as users start it: refusal without weights, random-weights mode,
 SIGTERM drain."""
 
+from __future__ import annotations
+
 import os
 import signal
 import subprocess

@@ -2,8 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -40,7 +39,7 @@ class EmbedResponse(_message.Message):
     cached: bool
     expires_in: int
     model_fingerprint: str
-    def __init__(self, image_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., cached: _Optional[bool] = ..., expires_in: _Optional[int] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...
+    def __init__(self, image_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., cached: bool = ..., expires_in: _Optional[int] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...
 
 class Point(_message.Message):
     __slots__ = ("x", "y")
@@ -82,7 +81,7 @@ class SegmentRequest(_message.Message):
     mask_input_id: str
     outputs: _containers.RepeatedScalarFieldContainer[OutputFormat]
     use_priors: bool
-    def __init__(self, image_id: _Optional[str] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., labels: _Optional[_Iterable[int]] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., num_masks: _Optional[int] = ..., mask_input_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., use_priors: _Optional[bool] = ...) -> None: ...
+    def __init__(self, image_id: _Optional[str] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., labels: _Optional[_Iterable[int]] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., num_masks: _Optional[int] = ..., mask_input_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., use_priors: bool = ...) -> None: ...
 
 class Rle(_message.Message):
     __slots__ = ("size", "counts")
@@ -216,7 +215,7 @@ class EmbeddingStatus(_message.Message):
     EXISTS_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     exists: bool
-    def __init__(self, image_id: _Optional[str] = ..., exists: _Optional[bool] = ...) -> None: ...
+    def __init__(self, image_id: _Optional[str] = ..., exists: bool = ...) -> None: ...
 
 class SessionStart(_message.Message):
     __slots__ = ("image", "image_id", "content_type", "num_masks", "outputs")
@@ -274,7 +273,7 @@ class SessionStarted(_message.Message):
     width: int
     height: int
     cached: bool
-    def __init__(self, image_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., cached: _Optional[bool] = ...) -> None: ...
+    def __init__(self, image_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., cached: bool = ...) -> None: ...
 
 class SessionError(_message.Message):
     __slots__ = ("code", "message", "retry_after")
@@ -300,4 +299,4 @@ class InteractiveResponse(_message.Message):
     error: SessionError
     num_points: int
     has_box: bool
-    def __init__(self, seq: _Optional[int] = ..., started: _Optional[_Union[SessionStarted, _Mapping]] = ..., masks: _Optional[_Union[SegmentResponse, _Mapping]] = ..., error: _Optional[_Union[SessionError, _Mapping]] = ..., num_points: _Optional[int] = ..., has_box: _Optional[bool] = ...) -> None: ...
+    def __init__(self, seq: _Optional[int] = ..., started: _Optional[_Union[SessionStarted, _Mapping]] = ..., masks: _Optional[_Union[SegmentResponse, _Mapping]] = ..., error: _Optional[_Union[SessionError, _Mapping]] = ..., num_points: _Optional[int] = ..., has_box: bool = ...) -> None: ...

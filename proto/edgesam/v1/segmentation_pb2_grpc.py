@@ -5,7 +5,7 @@ import warnings
 
 from . import segmentation_pb2 as edgesam_dot_v1_dot_segmentation__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.70.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in edgesam/v1/segmentation_pb2_grpc.py depends on'
+        + f' but the generated code in edgesam/v1/segmentation_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class SegmentationStub:
+class SegmentationStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -66,7 +66,7 @@ class SegmentationStub:
                 _registered_method=True)
 
 
-class SegmentationServicer:
+class SegmentationServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Embed(self, request, context):
@@ -153,7 +153,7 @@ def add_SegmentationServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Segmentation:
+class Segmentation(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

@@ -2,6 +2,8 @@
 the `python -m engine.export onnx` entry point), and ONNX Runtime backends over our export and
 over the official-format pair."""
 
+from __future__ import annotations
+
 import io
 from collections.abc import Iterator
 from contextlib import redirect_stdout

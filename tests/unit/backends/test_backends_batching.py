@@ -1,5 +1,7 @@
 """EncoderBatcher over a deterministic fake backend (no model needed)."""
 
+from __future__ import annotations
+
 import asyncio
 import threading
 import time

@@ -19,9 +19,23 @@ from engine.export import (
     model_fingerprint,
     read_metadata,
     stability_scores_float,
+    torchscript_exporter,
 )
 from engine.fusion import MatrixUpsample2x
 from engine.transforms import stability_score
+
+
+def test_torchscript_exporter_is_asked_for_only_where_torch_has_a_choice(monkeypatch) -> None:  # noqa: ANN001
+    def export_2_1(model, args, f, export_params=True, opset_version=None):  # noqa: ANN001, ANN202
+        """torch 2.1's signature, shortened: no `dynamo`."""
+
+    def export_2_13(model, args=(), f=None, *, opset_version=None, dynamo=True):  # noqa: ANN001, ANN202
+        """torch >= 2.5: `dynamo` picks the exporter."""
+
+    monkeypatch.setattr(torch.onnx, "export", export_2_1)
+    assert torchscript_exporter() == {}
+    monkeypatch.setattr(torch.onnx, "export", export_2_13)
+    assert torchscript_exporter() == {"dynamo": False}
 
 
 def test_cli_writes_and_reports_both_files(exported: dict) -> None:
@@ -87,7 +101,9 @@ def test_onnx_cubic_resize_matches_torch_bicubic(tmp_path: Path) -> None:
     """The `--upsample-export resize` path: attributes and numbers, borders included."""
     x = torch.randn(2, 8, 32, 32) * 3
     path = tmp_path / "up.onnx"
-    torch.onnx.export(Up(), (x,), str(path), input_names=["x"], opset_version=17, dynamo=False)
+    torch.onnx.export(
+        Up(), (x,), str(path), input_names=["x"], opset_version=17, **torchscript_exporter()
+    )
     resizes = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Resize"]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in resizes[0].attribute}
     assert attrs["mode"] == b"cubic"

@@ -19,6 +19,7 @@ from engine.backends.onnxruntime_backend import (
     plan_providers,
     resolve_decoder_path,
 )
+from engine.compat import zip_strict
 from engine.core import ImageEmbedding, decode
 from engine.loader import load_model
 
@@ -45,7 +46,7 @@ def test_ours_decode_matches_golden(call: str, ort_ours, ours_embedding, golden)
     assert np.abs(got_logits - want_logits).max() < 5 * LOGIT_TOL
     assert np.abs(res.iou_predictions[0].numpy() - golden[f"{call}_iou_head"]).max() < 1e-4
     masks = res.masks()[0].numpy()
-    for got, want in zip(masks, golden[f"{call}_masks"], strict=True):
+    for got, want in zip_strict(masks, golden[f"{call}_masks"]):
         assert mask_iou(got, want) >= 0.99
 
 
@@ -55,7 +56,7 @@ def test_ours_batch_of_boxes_matches_golden(ort_ours, ours_embedding, golden) ->
     assert res.low_res_logits.shape == (3, 1, 256, 256)
     assert np.abs(res.low_res_logits.numpy() - golden["p7_low_res_logits"]).max() < 5 * LOGIT_TOL
     assert np.abs(res.stability_scores.numpy() - golden["p7_iou"]).max() < 1e-3
-    for got, want in zip(res.masks().numpy(), golden["p7_masks"], strict=True):
+    for got, want in zip_strict(res.masks().numpy(), golden["p7_masks"]):
         assert mask_iou(got[0], want[0]) >= 0.99
 
 

@@ -1,8 +1,11 @@
 """TensorRT backend logic that needs no GPU: cache keys, engine files, profiles, bindings."""
 
+from __future__ import annotations
+
 import dataclasses
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,8 +27,12 @@ from engine.backends.trt_logic import (
     dim_ranges,
     dtype_name,
     key_differences,
+    needs_explicit_batch_flag,
     read_engine_file,
     split_batches,
+    tensorrt_opset,
+    tensorrt_release,
+    unsupported_onnx_ops,
     write_engine_file,
 )
 
@@ -178,3 +185,153 @@ def test_official_onnx_is_refused_for_tensorrt(case_a_onnx_dir: Path) -> None:
 
     with pytest.raises(BackendError, match="not one of our ONNX exports"):
         _read_onnx_pair(case_a_onnx_dir / "edge_sam_case_a_encoder.onnx", None)
+
+
+# TensorRT 8.5 (JetPack 5) against 10.x: the version-dependent branches, without TensorRT.
+
+
+def test_tensorrt_release_parses_versions() -> None:
+    assert tensorrt_release("8.5.2.2") == (8, 5)
+    assert tensorrt_release("10.3.0") == (10, 3)
+    with pytest.raises(ValueError):
+        tensorrt_release("unknown")
+
+
+@pytest.mark.parametrize(
+    "version,explicit_flag,opset,unsupported",
+    [
+        ("8.5.2.2", True, 16, ["LayerNormalization"]),  # JetPack 5.1.2
+        ("8.6.1.6", True, 17, []),
+        ("10.3.0", False, 17, []),  # JetPack 6.1
+    ],
+)
+def test_what_each_tensorrt_needs(version, explicit_flag, opset, unsupported) -> None:  # noqa: ANN001
+    assert needs_explicit_batch_flag(version) is explicit_flag
+    assert tensorrt_opset(version, 17) == opset
+    assert tensorrt_opset(version, 15) == 15  # never raised
+    assert unsupported_onnx_ops(version, {"Conv", "LayerNormalization", "Einsum"}) == unsupported
+    assert unsupported_onnx_ops(version, {"Conv", "Einsum"}) == []
+
+
+class _FakeParser:
+    def __init__(self, network: object, logger: object) -> None:
+        pass
+
+    def parse_from_file(self, path: str) -> bool:
+        return False  # stops the build right after the network was created
+
+    num_errors = 1
+
+    def get_error(self, index: int) -> str:
+        return "fake parser stops here"
+
+
+def _fake_trt(version: str, created: list[int]) -> SimpleNamespace:
+    """Just enough of `tensorrt` to reach the parser: records create_network's flags."""
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            pass
+
+    class Builder:
+        def __init__(self, logger: object) -> None:
+            pass
+
+        def create_network(self, flags: int) -> object:
+            created.append(flags)
+            return object()
+
+    return SimpleNamespace(
+        __version__=version,
+        Logger=Logger,
+        Builder=Builder,
+        OnnxParser=_FakeParser,
+        NetworkDefinitionCreationFlag=SimpleNamespace(EXPLICIT_BATCH=0),
+    )
+
+
+def _onnx_with(tmp_path: Path, op_type: str, *inputs: str) -> Path:
+    """A one-node ONNX file (1x4 float inputs)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    names = ["x", *inputs]
+    graph = helper.make_graph(
+        [helper.make_node(op_type, names, ["y"])],
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in names],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    path = tmp_path / f"{op_type}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("version,flags", [("8.5.2.2", 1), ("10.3.0", 0)])
+def test_network_is_explicit_batch_on_every_tensorrt(monkeypatch, tmp_path, version, flags) -> None:  # noqa: ANN001
+    from engine.backends import tensorrt_backend
+
+    created: list[int] = []
+    monkeypatch.setattr(tensorrt_backend, "_import_trt", lambda: _fake_trt(version, created))
+    with pytest.raises(BackendError, match="fake parser stops here"):
+        tensorrt_backend.build_engine_bytes(_onnx_with(tmp_path, "Relu"), {}, "fp16")
+    assert created == [flags]
+
+
+def test_layer_norm_onnx_is_refused_before_building_on_tensorrt_8_5(monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    from engine.backends import tensorrt_backend
+
+    created: list[int] = []
+    monkeypatch.setattr(tensorrt_backend, "_import_trt", lambda: _fake_trt("8.5.2.2", created))
+    path = _onnx_with(tmp_path, "LayerNormalization", "scale")
+    with pytest.raises(BackendError, match="LayerNormalization.*--for-tensorrt"):
+        tensorrt_backend.build_engine_bytes(path, {}, "fp16")
+    assert created == []
+    monkeypatch.setattr(tensorrt_backend, "_import_trt", lambda: _fake_trt("10.3.0", created))
+    with pytest.raises(BackendError, match="fake parser stops here"):
+        tensorrt_backend.build_engine_bytes(path, {}, "fp16")
+
+
+@pytest.mark.parametrize("version,opset", [("8.5.2.2", 16), ("10.3.0", 17)])
+def test_export_for_tensorrt_picks_the_opset_its_parser_reads(monkeypatch, version, opset) -> None:  # noqa: ANN001
+    from engine import export
+    from engine.backends import tensorrt_backend
+
+    monkeypatch.setattr(
+        tensorrt_backend, "_import_trt", lambda: SimpleNamespace(__version__=version)
+    )
+    assert export._opset_for_tensorrt(17) == opset
+
+
+def test_opset_16_decoder_has_no_layer_norm_and_the_same_numbers(tmp_path: Path) -> None:
+    """What TensorRT 8.5 gets: layer norm as arithmetic, outputs as at opset 17."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+    import torch
+
+    from engine.export import DECODER_INPUTS, export_decoder
+    from engine.modeling import EdgeSam
+
+    torch.manual_seed(0)
+    model = EdgeSam().eval()
+    rng = np.random.default_rng(0)
+    feeds = {
+        "image_embeddings": rng.standard_normal((1, 256, 64, 64), dtype=np.float32),
+        "point_coords": rng.uniform(0, 1024, (2, 3, 2)).astype(np.float32),
+        "point_labels": np.array([[1, 0, -1], [2, 3, -1]], dtype=np.float32),
+        "mask_input": np.zeros((2, 1, 256, 256), dtype=np.float32),
+        "has_mask_input": np.zeros((1,), dtype=np.float32),
+    }
+    outs = {}
+    for opset in (16, 17):
+        path = tmp_path / f"decoder{opset}.onnx"
+        export_decoder(model, path, opset)
+        ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+        assert ("LayerNormalization" in ops) is (opset == 17)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outs[opset] = session.run(None, {k: feeds[k] for k in DECODER_INPUTS})
+    for a, b in zip(outs[16], outs[17]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -1,6 +1,8 @@
 """The client library without a server: RLE in pure numpy, the retry policy (overload
 only), the transparent re-embed, image handling, and no torch on import."""
 
+from __future__ import annotations
+
 import subprocess
 import sys
 from typing import Any

@@ -170,7 +170,7 @@ def load_compose(env: dict[str, str] | None = None) -> dict[str, Any]:
 
 def duration_seconds(text: str | int | float) -> float:
     """Compose/Docker durations: '30s', '20m', '1m30s', '500ms'."""
-    if isinstance(text, int | float):
+    if isinstance(text, (int, float)):
         return float(text)
     units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", text)

@@ -14,8 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import tomllib
 from deploy_checks import REPO
+from packaging.requirements import Requirement
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pytest brings tomli before 3.11
+    import tomli as tomllib
 
 DOCKERFILE = REPO / "Dockerfile"
 TARGETS = ("cpu", "cuda", "jetson")
@@ -209,10 +214,22 @@ def test_copied_deploy_files_exist_and_are_not_ignored(parsed) -> None:
     assert (REPO / "deploy/jetson/build-engine.sh").stat().st_mode & 0o111
 
 
+def applicable(lines: list[str], python: str) -> dict[str, Requirement]:
+    """The requirements among `lines` whose markers hold on Python `python`, by name."""
+    found: dict[str, Requirement] = {}
+    for line in lines:
+        req = Requirement(line)
+        env = {"python_version": python, "python_full_version": f"{python}.0"}
+        if req.marker is None or req.marker.evaluate(env):
+            assert req.name not in found, f"two requirements on {req.name} for Python {python}"
+            found[req.name] = req
+    return found
+
+
 def test_torch_pin_matches_pyproject(parsed) -> None:
     _, stages = parsed
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    pin = next(d for d in deps if re.match(r"torch\b", d)).split("==")[1]
+    pin = str(applicable(deps, "3.11")["torch"].specifier).split("==")[1]
     for target in ("cpu", "cuda"):
         stage = next(s for s in stages if s.name == f"build-{target}")
         torch_args = [a for op, a in stage.instructions if op == "ARG" and a.startswith("TORCH_")]
@@ -255,6 +272,16 @@ def run_requirements(*argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_jetson_venv_gets_a_pip_that_knows_current_wheels(parsed) -> None:
+    """JetPack 5's Ubuntu pip (20.0.2) cannot install manylinux_2_28 wheels (onnxruntime)."""
+    _, stages = parsed
+    runs = next(s for s in stages if s.name == "build-jetson").runs()
+    upgrade = re.search(r'pip install "pip==(\d+)\.(\d+)\.\d+"', runs)
+    assert upgrade and (int(upgrade.group(1)), int(upgrade.group(2))) >= (20, 3)
+    assert int(upgrade.group(1)) < 25 or upgrade.group(2) == "0", "pip 25.1+ has no Python 3.8"
+    assert upgrade.start() < runs.index("JETSON_TORCH_WHEEL") < runs.index("requirements.txt")
+
+
 def test_requirements_helper_leaves_out_what_a_target_brings_itself() -> None:
     plain = run_requirements("--exclude", "torch").stdout.splitlines()
     assert plain and not any(re.match(r"torch\b", r) for r in plain)
@@ -266,6 +293,30 @@ def test_requirements_helper_leaves_out_what_a_target_brings_itself() -> None:
     assert jetson.stdout.splitlines() == plain
     unknown = run_requirements("--extra", "nope")
     assert unknown.returncode != 0 and "nope" in unknown.stderr
+
+
+def test_requirements_keep_the_python_markers_for_pip() -> None:
+    """pip evaluates the markers with the image's own Python: 3.8 on JetPack 5 gets the
+    NumPy 1.x / protobuf 5.29 / grpc 1.70 set, 3.10+ exactly the pins CI tests."""
+    lines = run_requirements("--exclude", "torch", "--exclude", "tensorrt").stdout.splitlines()
+    jp5 = applicable(lines, "3.8")
+    current = applicable(lines, "3.11")
+    assert "torch" not in jp5 and "torch" not in current
+    assert set(current) == set(jp5) - {"typing-extensions"}
+    for name, old_ok, old_bad in (
+        ("numpy", "1.24.4", "2.0.0"),
+        ("protobuf", "5.29.6", "6.30.0"),
+        ("grpcio", "1.70.0", "1.71.0"),
+        ("grpcio-health-checking", "1.70.0", "1.71.0"),
+        ("grpcio-reflection", "1.70.0", "1.71.0"),
+    ):
+        assert jp5[name].specifier.contains(old_ok) and not jp5[name].specifier.contains(old_bad)
+    assert str(current["protobuf"].specifier) == "<8,>=7.35.1"
+    assert str(current["grpcio"].specifier) == "<2,>=1.85.1"
+    assert str(current["numpy"].specifier) == "<3,>=1.26"
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert applicable(deps, "3.8")["torch"].specifier.contains("2.1.0")
+    assert str(applicable(deps, "3.11")["torch"].specifier) == "==2.13.0"
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -13,6 +13,7 @@ import pytest
 from deploy_checks import REPO
 
 SCRIPT = REPO / "deploy/jetson/build-engine.sh"
+CHECK_PY38 = REPO / "deploy/jetson/check-py38.sh"
 FAKE_PYTHON = """#!/bin/sh
 echo "python $*" >> "$CALLS"
 case "$*" in
@@ -34,13 +35,31 @@ def shellcheck() -> str:
     return found
 
 
-def test_script_is_executable_and_shellcheck_clean() -> None:
-    assert SCRIPT.read_text().startswith("#!/usr/bin/env bash\n")
-    assert SCRIPT.stat().st_mode & 0o111
+@pytest.mark.parametrize("script", [SCRIPT, CHECK_PY38], ids=lambda p: p.name)
+def test_script_is_executable_and_shellcheck_clean(script: Path) -> None:
+    assert script.read_text().startswith("#!/usr/bin/env bash\n")
+    assert script.stat().st_mode & 0o111
     result = subprocess.run(
-        [shellcheck(), "--severity=style", str(SCRIPT)], capture_output=True, text=True, timeout=60
+        [shellcheck(), "--severity=style", str(script)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout
+
+
+def test_check_py38_explains_itself_and_needs_a_python_3_8(tmp_path: Path) -> None:
+    usage = subprocess.run(["bash", str(CHECK_PY38), "--help"], capture_output=True, text=True)
+    assert usage.returncode == 0 and "EDGESAM_PYTHON38" in usage.stdout
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PYENV_ROOT": str(tmp_path / "no-pyenv"),
+        "EDGESAM_PYTHON38": sys.executable,  # not 3.8 where the suite runs
+    }
+    if sys.version_info[:2] == (3, 8):
+        pytest.skip("this interpreter is a Python 3.8")
+    result = subprocess.run(
+        ["bash", str(CHECK_PY38)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 2 and "no Python 3.8 found" in result.stderr
 
 
 def test_shellcheck_can_fail(tmp_path: Path) -> None:
@@ -93,7 +112,7 @@ def test_builds_the_engine_then_measures_latency(sandbox: dict[str, Path]) -> No
     cache = sandbox["cache"]
     onnx = (
         f"python -m engine.export onnx --checkpoint {checkpoint} --out-dir {cache}/onnx"
-        " --name edge_sam_3x"
+        " --name edge_sam_3x --for-tensorrt"
     )
     export = (
         f"python -m engine.export tensorrt --onnx {cache}/onnx/edge_sam_3x_encoder.onnx"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List
 from urllib.parse import urlparse
 
 import kubernetes_validate
@@ -23,7 +23,7 @@ from deploy_checks import (
 # Oldest release the manifests claim (preStop `sleep` is beta and on by default from 1.30)
 # and a current one.
 K8S_VERSIONS = ("1.30.0", "1.34.0")
-Docs = list[dict[str, Any]]
+Docs = List[Dict[str, Any]]
 
 
 def find(docs: Docs, kind: str, name: str) -> dict[str, Any]:
@@ -257,7 +257,8 @@ def test_redis_is_a_bounded_lru_cache_without_persistence(overlay: tuple[str, Do
     _, docs = overlay
     redis = find(docs, "Deployment", "edgesam-redis")
     args = container(redis)["args"]
-    flags = dict(zip(args[::2], args[1::2], strict=True))
+    assert len(args) % 2 == 0, args
+    flags = dict(zip(args[::2], args[1::2]))
     assert flags["--maxmemory-policy"] == "allkeys-lru"
     assert flags["--save"] == "" and flags["--appendonly"] == "no"
     maxmemory_mib = int(re.fullmatch(r"(\d+)mb", flags["--maxmemory"]).group(1))

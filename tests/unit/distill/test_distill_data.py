@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from distill_helpers import GRID, IMAGE_SIZE
 
+from engine.compat import zip_strict
 from engine.distill.data import (
     OFFICIAL_TRAIN_TARS,
     DistillDataset,
@@ -67,7 +68,7 @@ def test_prompts_are_scaled_into_the_input_frame(distill_data: dict) -> None:
     scale = 128 / 160
     x, y, w, h = anns[0]["bbox"]
     torch.testing.assert_close(item["boxes"][0], torch.tensor([x, y, x + w, y + h]) * scale)
-    for pt, ann in zip(item["points"], anns, strict=True):
+    for pt, ann in zip_strict(item["points"], anns):
         mask = decode_segmentation(ann["segmentation"], 120, 160)
         assert mask[int(pt[1] / scale), int(pt[0] / scale)], "prompt point lies inside its mask"
 
@@ -112,7 +113,7 @@ def test_coco_format_records_and_mask_centre_points(distill_data: dict, tmp_path
     assert [r.key for r in coco] == [r.key for r in recs]
     assert len(coco[0].annotations()) == len(recs[0].annotations())  # crowd dropped
     item = DistillDataset(coco[:1], IMAGE_SIZE, with_prompts=True)[0]
-    for pt, ann in zip(item["points"], coco[0].annotations(), strict=True):
+    for pt, ann in zip_strict(item["points"], coco[0].annotations()):
         mask = decode_segmentation(ann["segmentation"], 120, 160)
         assert mask[int(pt[1] / 0.8), int(pt[0] / 0.8)]
 

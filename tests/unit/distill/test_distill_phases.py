@@ -14,8 +14,9 @@ from engine.checkpoint import load_into, read_state_dict
 from engine.distill.config import load_config
 from engine.distill.data import DistillDataset, collate, sa1b_records
 from engine.distill.embeddings import open_store
+from engine.distill.model import load_partial
 from engine.distill.phases import Phase1Task, Phase2Task, check_loadable
-from engine.distill.trainer import DistEnv, param_groups, train
+from engine.distill.trainer import DistEnv, grad_scaler, param_groups, train
 from engine.modeling import EdgeSam
 
 
@@ -176,3 +177,34 @@ def test_phase1_then_phase2_write_official_checkpoints_and_resume(
         if k.startswith("mask_decoder.output_hypernetworks")
     )
     assert set(exported) == set(model.state_dict())
+
+
+class _Scaler:
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.args, self.kwargs = args, kwargs
+
+
+def test_grad_scaler_is_torch_amps_where_torch_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.amp, "GradScaler", _Scaler, raising=False)
+    scaler = grad_scaler(enabled=True)
+    assert isinstance(scaler, _Scaler) and scaler.args == ("cuda",)
+    assert scaler.kwargs == {"enabled": True}
+
+
+def test_grad_scaler_falls_back_to_torch_cuda_amp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch 2.1 (JetPack 5) has no torch.amp.GradScaler."""
+    monkeypatch.delattr(torch.amp, "GradScaler", raising=False)
+    monkeypatch.setattr(torch.cuda.amp, "GradScaler", _Scaler)
+    scaler = grad_scaler(enabled=False)
+    assert isinstance(scaler, _Scaler) and scaler.args == () and scaler.kwargs == {"enabled": False}
+
+
+def test_load_partial_leaves_what_the_state_lacks() -> None:
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(2), torch.nn.Linear(2, 2))
+    model[0].num_batches_tracked.fill_(5)
+    model[0].running_mean.fill_(0.5)
+    weight = torch.randn(2, 2)
+    load_partial(model, {"1.weight": weight, "9.not_in_model": torch.zeros(1)})
+    assert torch.equal(model[1].weight, weight)
+    assert int(model[0].num_batches_tracked) == 5
+    assert torch.equal(model[0].running_mean, torch.full((2,), 0.5))

@@ -1,5 +1,7 @@
 """Fixtures for engine tests: the case A reference and a model loaded from it."""
 
+from __future__ import annotations
+
 from pathlib import Path
 
 import numpy as np

@@ -7,6 +7,8 @@ the 8x8 grid through a memoising backend; the behaviour tests use a tiny fake ba
 whose right answer is known.
 """
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from engine.amg_utils import (
 )
 from engine.backends.base import Backend, BackendInfo
 from engine.backends.torch_backend import TorchBackend
+from engine.compat import zip_strict
 from engine.core import ImageEmbedding, encode_images
 
 CASE_JSON = (
@@ -314,7 +317,7 @@ def test_scene_small_region_removal_fills_hole_and_drops_island():
     assert [r["bbox"] for r in rle] == [r["bbox"] for r in cleaned]
     assert all(
         np.array_equal(rle_to_mask(a["segmentation"]), b["segmentation"])
-        for a, b in zip(rle, cleaned, strict=True)
+        for a, b in zip_strict(rle, cleaned)
     )
 
 
@@ -464,7 +467,7 @@ def test_point_grid_and_crop_boxes():
     # each layer's crops cover the image
     for layer in (1, 2):
         cover = np.zeros((300, 600), bool)
-        for (x0, y0, x1, y1), li in zip(boxes, layers, strict=True):
+        for (x0, y0, x1, y1), li in zip_strict(boxes, layers):
             if li == layer:
                 cover[y0:y1, x0:x1] = True
         assert cover.all()

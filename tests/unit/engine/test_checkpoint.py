@@ -1,5 +1,7 @@
 """Checkpoint loading: official .pth and .safetensors, strictness, clear errors."""
 
+from __future__ import annotations
+
 import logging
 from pathlib import Path
 

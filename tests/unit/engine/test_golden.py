@@ -1,5 +1,7 @@
 """Our model, core and predictor against the official implementation's outputs (case A)."""
 
+from __future__ import annotations
+
 import numpy as np
 import pytest
 import torch

@@ -1,10 +1,13 @@
 """Model internals: the fast paths equal the textbook ones, and training still works."""
 
 import copy
+import math
 
+import pytest
 import torch
+import torch.nn.functional as F
 
-from engine.modeling import EdgeSam
+from engine.modeling import EdgeSam, transformer
 from engine.modeling.transformer import Attention
 
 
@@ -87,3 +90,29 @@ def test_gradients_flow_through_the_decoder_in_training():
         model.mask_decoder.transformer.layers[1].cross_attn_image_to_token.q_proj.weight.grad
         is not None
     )
+
+
+def test_sdpa_default_scale_is_the_one_we_pass():
+    """Leaving `scale` out for an old exporter (sdpa_scale) changes no number."""
+    torch.manual_seed(0)
+    for head_dim in (16, 32):
+        q, k, v = (torch.randn(2, 8, 7, head_dim) for _ in range(3))
+        explicit = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(head_dim))
+        assert torch.equal(F.scaled_dot_product_attention(q, k, v), explicit)
+
+
+@pytest.mark.parametrize(
+    "takes_float,exporting,expected",
+    [
+        (True, False, {"scale": 0.25}),
+        (True, True, {"scale": 0.25}),
+        (False, False, {"scale": 0.25}),
+        (False, True, {}),  # torch < 2.5 exporting: the exporter's own default
+    ],
+)
+def test_sdpa_scale_is_left_out_only_for_an_old_exporter(
+    monkeypatch, takes_float, exporting, expected
+):
+    monkeypatch.setattr(transformer, "_EXPORTER_TAKES_FLOAT_SCALE", takes_float)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: exporting)
+    assert transformer.sdpa_scale(0.25) == expected

@@ -1,10 +1,21 @@
 """The gRPC contract: committed stubs are fresh, the error table maps every kind to both
 transports, and messages translate to exactly the core's schema objects."""
 
+from __future__ import annotations
+
 import base64
+import re
+import sys
 
 import grpc
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pytest brings tomli before 3.11
+    import tomli as tomllib
 
 import service.errors as errors
 from proto import generate
@@ -39,6 +50,70 @@ def test_staleness_check_notices_a_changed_stub(tmp_path, monkeypatch) -> None: 
     grpc_stub.write_text(grpc_stub.read_text().replace("/Segment'", "/SegmentOld'"))
     assert generate.stale_files() == ["edgesam/v1/segmentation_pb2_grpc.py"]
     assert generate.main(["--check"]) == 1
+
+
+def test_normalise_maps_generator_spellings_but_keeps_content() -> None:
+    same = [
+        ("class SegmentationStub(object):", "class SegmentationStub:"),
+        ("        + f' but the generated code'", "        + ' but the generated code'"),
+        (
+            "    def __init__(self, cached: _Optional[bool] = ...) -> None: ...",
+            "    def __init__(self, cached: bool = ...) -> None: ...",
+        ),
+        (
+            "from typing import ClassVar as _ClassVar, Iterable as _Iterable\nx = 1",
+            "from collections.abc import Iterable as _Iterable\nfrom typing import ClassVar\nx = 1",
+        ),
+        ("# Protobuf Python Version: 5.29.0", "# Protobuf Python Version: 7.35.1"),
+    ]
+    for old, new in same:
+        assert generate.normalise(old) == generate.normalise(new), old
+    differ = [
+        (
+            "    def __init__(self, cached: _Optional[int] = ...) -> None: ...",
+            "    def __init__(self, cached: bool = ...) -> None: ...",
+        ),
+        ("class SegmentationStub(object):", "class SegmentStub:"),
+        ("        + f' but {GRPC_VERSION}'", "        + ' but {GRPC_VERSION}'"),
+    ]
+    for old, new in differ:
+        assert generate.normalise(old) != generate.normalise(new), old
+
+
+def _lower_bounds(distribution: str) -> list[Version]:
+    """The `>=` bound of every requirement on `distribution` in pyproject (all markers)."""
+    project = tomllib.loads((generate.PROTO_ROOT.parent / "pyproject.toml").read_text())
+    bounds = []
+    for line in project["project"]["dependencies"]:
+        req = Requirement(line)
+        if req.name == distribution:
+            lows = [Version(s.version) for s in req.specifier if s.operator == ">="]
+            assert lows, f"{line!r} needs a lower bound"
+            bounds.append(max(lows))
+    assert bounds, distribution
+    return bounds
+
+
+def test_committed_stubs_load_on_every_pinned_runtime() -> None:
+    """The runtimes refuse gencode newer than themselves: the stubs must come from the
+    generator pinned for Python 3.8 and be no newer than any protobuf/grpcio lower bound."""
+    stub_dir = generate.PROTO_ROOT / "edgesam" / "v1"
+    pb2 = (stub_dir / "segmentation_pb2.py").read_text()
+    gencode = Version(re.search(r"^# Protobuf Python Version: (\S+)$", pb2, re.M).group(1))
+    checked = re.search(r"Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),", pb2)
+    assert Version(".".join(checked.groups())) == gencode
+    grpc_text = (stub_dir / "segmentation_pb2_grpc.py").read_text()
+    grpc_gen = Version(re.search(r"^GRPC_GENERATED_VERSION = '(\S+)'$", grpc_text, re.M).group(1))
+    assert grpc_gen.release[:2] == generate.STUB_GENERATOR
+    assert all(low >= gencode for low in _lower_bounds("protobuf"))
+    assert all(low >= grpc_gen for low in _lower_bounds("grpcio"))
+
+
+def test_writing_stubs_needs_the_pinned_generator(monkeypatch, capsys) -> None:  # noqa: ANN001
+    monkeypatch.setattr(generate, "generator_version", lambda: (1, 85))
+    monkeypatch.setattr(generate, "generate", lambda out: pytest.fail("must not write"))
+    assert generate.main([]) == 2
+    assert "grpcio-tools==1.70.*" in capsys.readouterr().err
 
 
 def test_stubs_import_relative_and_name_the_canonical_file() -> None:

@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import service.errors as errors
 from service.errors import ERROR_TABLE, ServiceError, public_message, spec_for
 

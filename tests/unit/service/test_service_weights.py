@@ -1,6 +1,8 @@
 """The checkpoint download: verified by a strict load before it is kept. No network here:
 file:// URLs and a loopback HTTP server stand in for the authors' host."""
 
+from __future__ import annotations
+
 import functools
 import http.server
 import subprocess
