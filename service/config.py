@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # Roles and transports
     role: Literal["all", "encoder", "decoder"] = "all"
     encoder_grpc_target: Optional[str] = None
+    # a decoder replica's forwarded embed: all attempts together, and how many (UNAVAILABLE only)
+    encoder_forward_timeout_s: float = Field(30.0, gt=0, le=600)
+    encoder_forward_attempts: int = Field(3, ge=1, le=10)
     http_host: str = "0.0.0.0"
     http_port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(50051, ge=0, le=65535)  # 0: no gRPC server

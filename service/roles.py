@@ -178,6 +178,8 @@ def make_forwarder(settings: Settings) -> GrpcEmbedForwarder | None:
         settings.encoder_grpc_target,
         api_key=keys[0].get_secret_value() if keys else None,
         max_message_bytes=max(CHANNEL_MAX_BYTES, settings.max_body_bytes + 65536),
+        timeout_s=settings.encoder_forward_timeout_s,
+        attempts=settings.encoder_forward_attempts,
     )
 
 

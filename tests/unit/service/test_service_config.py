@@ -55,6 +55,8 @@ def test_contract_names_are_read_from_the_environment(
         {"EDGESAM_HTTP_PORT": "7000", "EDGESAM_GRPC_PORT": "7000"},
         {"EDGESAM_CACHE_TTL_SECONDS": "0"},
         {"EDGESAM_PRECISION": "fp16", "EDGESAM_DEVICE": "cpu"},
+        {"EDGESAM_ENCODER_FORWARD_TIMEOUT_S": "0"},
+        {"EDGESAM_ENCODER_FORWARD_ATTEMPTS": "0"},
     ],
 )
 def test_bad_values_fail_fast(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
@@ -75,3 +77,19 @@ def test_downloaded_checkpoint_is_found(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert Settings().resolved_checkpoint() is None
     (tmp_path / "edge_sam.pth").write_bytes(b"x")
     assert Settings().resolved_checkpoint() == tmp_path / "edge_sam.pth"
+
+
+def test_forwarder_takes_its_timeout_and_attempts_from_the_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from service.roles import make_forwarder
+
+    monkeypatch.setenv("EDGESAM_ROLE", "decoder")
+    monkeypatch.setenv("EDGESAM_ENCODER_GRPC_TARGET", "dns:///edgesam-encoder:50051")
+    monkeypatch.setenv("EDGESAM_ENCODER_FORWARD_TIMEOUT_S", "7.5")
+    monkeypatch.setenv("EDGESAM_ENCODER_FORWARD_ATTEMPTS", "2")
+    forwarder = make_forwarder(Settings())
+    assert forwarder is not None
+    assert (forwarder.timeout_s, forwarder.attempts) == (7.5, 2)
+    monkeypatch.setenv("EDGESAM_ROLE", "all")
+    assert make_forwarder(Settings()) is None
