@@ -173,3 +173,40 @@ def _reference_low_res(backend, embedding, prompt: dict) -> np.ndarray:  # type:
         num_multimask_outputs=prompt.get("num_masks", 1),
     )
     return res.low_res_logits[0].numpy()
+
+
+def test_golden_masks_through_the_service_on_onnxruntime(
+    start_service, golden, reference_dir: Path, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """The CPU's `auto` choice: ONNX Runtime encodes (from uint8 pixels) and decodes (its
+    split decoder for clicks, the whole decoder with a mask input); answers match case A."""
+    ort = load_model(
+        reference_dir / "case_a" / "weights.safetensors", backend="auto", cache_dir=tmp_path
+    )
+    assert ort.info.name == "onnxruntime" and ort.info.details["split_decoder"] == "true"
+    rs: RunningService = start_service(
+        backend=ort, redis_url=redis_url, redis_key_prefix=redis_prefix + "ort:"
+    )
+    r = rs.client.post("/v1/embed", content=png_bytes(golden["image"]), headers=PNG)
+    assert r.status_code == 200, r.text
+    image_id = r.json()["image_id"]
+    embedding = encode_images(ort, [golden["image"]])[0]
+    np.testing.assert_allclose(embedding.embedding.numpy(), golden["image_embedding"], atol=1e-4)
+    answers = {}
+    for name, make in CALLS.items():
+        prompt = make(golden)
+        r = rs.client.post("/v1/segment", json={"image_id": image_id, **prompt})
+        assert r.status_code == 200, r.text
+        answers[name] = r.json()
+        logits = _reference_logits(ort, golden, prompt, embedding)
+        _check(name, answers[name], golden, logits, tol=1e-3, max_pixels=20)
+    refined = rs.client.post(
+        "/v1/segment",
+        json={
+            "image_id": image_id,
+            **CALLS["p1"](golden),
+            "mask_input_id": answers["p2"]["mask_input_id"],
+        },
+    )
+    assert refined.status_code == 200, refined.text
+    assert (_masks(refined.json())[0] != _masks(answers["p1"])[0]).sum() > 0
