@@ -163,12 +163,11 @@ class EncoderBatcher:
     def _run_batch(self, batch: list[_Request]) -> None:
         # Pixels and normalised images go to the backend as separate stacks (a service sends
         # one kind; tests and library callers may mix them).
-        batch = [r for r in batch if r.input_size is not None] + [
-            r for r in batch if r.input_size is None
-        ]
+        pixels = [r for r in batch if r.input_size is not None]
+        floats = [r for r in batch if r.input_size is None]
+        batch = pixels + floats
         try:
             parts = []
-            pixels = [r for r in batch if r.input_size is not None]
             if pixels:
                 parts.append(
                     self.backend.encode_pixels(
@@ -176,7 +175,6 @@ class EncoderBatcher:
                         [r.input_size for r in pixels],  # type: ignore[misc]
                     )
                 )
-            floats = batch[len(pixels) :]
             if floats:
                 parts.append(self.backend.encode(torch.cat([r.image for r in floats], dim=0)))
             embeddings = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from proto.edgesam.v1 import segmentation_pb2 as pb
 from proto.edgesam.v1 import segmentation_pb2_grpc as pb_grpc
 from service import roles
+from service.auth import api_key_matches
 from service.config import Settings
 from service.core import SegmentationService
 from service.errors import (
@@ -87,15 +87,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
                 given = value
             elif key == "authorization":
                 auth = value
-        if given is None and isinstance(auth, str) and auth[:7].lower() == "bearer ":
-            given = auth[7:].strip()
-        if not given or not isinstance(given, str):
-            return False
-        candidate = given.encode()
-        ok = False
-        for key in self.keys:  # no early exit: every key is compared
-            ok |= hmac.compare_digest(candidate, key)
-        return ok
+        return api_key_matches(given, auth, self.keys)
 
 
 def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

@@ -6,7 +6,6 @@ No `from __future__ import annotations` here: FastAPI reads the route signatures
 time, so they use typing's Optional/Dict (Python 3.8, JetPack 5)."""
 
 import asyncio
-import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -19,6 +18,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.auth import api_key_matches
 from service.compat import Annotated
 from service.config import Settings
 from service.core import SegmentationService
@@ -154,17 +154,9 @@ class EdgeSamMiddleware:
             ).observe(time.perf_counter() - start)
 
     def _authorised(self, scope: Scope) -> bool:
-        given = _header(scope, b"x-api-key")
-        auth = _header(scope, b"authorization")
-        if given is None and auth is not None and auth[:7].lower() == "bearer ":
-            given = auth[7:].strip()
-        if not given:
-            return False
-        candidate = given.encode()
-        ok = False
-        for key in self.keys:  # no early exit: every key is compared
-            ok |= hmac.compare_digest(candidate, key)
-        return ok
+        return api_key_matches(
+            _header(scope, b"x-api-key"), _header(scope, b"authorization"), self.keys
+        )
 
 
 def _header(scope: Scope, name: bytes) -> Optional[str]:

@@ -19,8 +19,6 @@ import os
 import shutil
 import tempfile
 import threading
-import weakref
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from engine.backends.base import (
     BackendUnavailable,
     UnsupportedPrompt,
 )
+from engine.tensor_cache import PerTensorCache
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +247,7 @@ class OnnxRuntimeBackend(Backend):
         self._zeros_lock = threading.Lock()
         self._image_side_sess: Any = None
         self._prompt_sess: Any = None
-        self._side_cache: OrderedDict[int, tuple[Any, list[np.ndarray]]] = OrderedDict()
+        self._side_cache: PerTensorCache[list[np.ndarray]] = PerTensorCache(IMAGE_SIDE_CACHE_SIZE)
         if split_decoder and self.format == FORMAT_OURS:
             self._open_split_decoder(ort, opts, plan, available)
 
@@ -325,17 +324,10 @@ class OnnxRuntimeBackend(Backend):
     def _image_side(self, image_embeddings: torch.Tensor, emb: np.ndarray) -> list[np.ndarray]:
         """The image half's outputs for this embedding tensor, computed once while it lives
         (repeated clicks on one image pass the same tensor)."""
-        key = id(image_embeddings)
-        with self._zeros_lock:
-            hit = self._side_cache.get(key)
-            if hit is not None and hit[0]() is image_embeddings:
-                self._side_cache.move_to_end(key)
-                return hit[1]
-        side = self._image_side_sess.run(None, {"image_embeddings": emb})
-        with self._zeros_lock:
-            self._side_cache[key] = (weakref.ref(image_embeddings), side)
-            while len(self._side_cache) > IMAGE_SIDE_CACHE_SIZE:
-                self._side_cache.popitem(last=False)
+        side = self._side_cache.get(image_embeddings)
+        if side is None:
+            side = self._image_side_sess.run(None, {"image_embeddings": emb})
+            self._side_cache.put(image_embeddings, side)
         return side
 
     # -- construction from any model path ---------------------------------------------------

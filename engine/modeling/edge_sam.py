@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
-from collections import OrderedDict
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,6 +10,7 @@ from engine.modeling.image_encoder import RepViTEncoder, UpsampleMode
 from engine.modeling.mask_decoder import MaskDecoder
 from engine.modeling.prompt_encoder import PromptEncoder
 from engine.modeling.transformer import TwoWayTransformer, to_tokens
+from engine.tensor_cache import PerTensorCache
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -51,7 +49,7 @@ class EdgeSam(nn.Module):
     def _clear_caches(self) -> None:
         self._dense_pe: torch.Tensor | None = None
         self._pe_tokens_cache: torch.Tensor | None = None
-        self._image_side_cache: OrderedDict[int, tuple] = OrderedDict()
+        self._image_side_cache: PerTensorCache[tuple] = PerTensorCache(IMAGE_SIDE_CACHE_SIZE)
 
     @property
     def device(self) -> torch.device:
@@ -138,17 +136,13 @@ class EdgeSam(nn.Module):
         """What the decoder computes from the image alone when no mask is given: the key
         tokens (embedding + no-mask embedding) and their first-block k/v projections. Kept
         for the last few embeddings seen, so repeated clicks on one image skip that work."""
-        key = id(image_embeddings)
-        hit = self._image_side_cache.get(key)
-        if hit is not None and hit[0]() is image_embeddings:
-            self._image_side_cache.move_to_end(key)
-            return hit[1], hit[2]
+        hit = self._image_side_cache.get(image_embeddings)
+        if hit is not None:
+            return hit
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, 1, -1)
         src = to_tokens(image_embeddings) + dense
         first_kv = self.mask_decoder.transformer.first_keys_kv(src, self._pe_tokens())
-        self._image_side_cache[key] = (weakref.ref(image_embeddings), src, first_kv)
-        while len(self._image_side_cache) > IMAGE_SIDE_CACHE_SIZE:
-            self._image_side_cache.popitem(last=False)
+        self._image_side_cache.put(image_embeddings, (src, first_kv))
         return src, first_kv
 
     def forward(
