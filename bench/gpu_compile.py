@@ -1,7 +1,7 @@
 """Which torch.compile options make the fp16 encoder fastest on one GPU (issue 3 asks for
 3,000 images/s at batch 32 on an H100). One run on a lent machine, inside a time budget.
 
-    python bench/gpu_compile.py [--batch 32] [--budget-s 400]
+    python bench/gpu_compile.py [--batch 32] [--budget-s 400] [--triton-mixer]
 
 Every variant is the torch backend's own encoder (`TorchBackend(..., compile=True,
 compile_options=...)`), timed on device-resident fp16 channels_last input, beside the eager
@@ -9,6 +9,8 @@ unfused fp16 encoder in the same run. Prints as it goes and, when $OUT is set, w
 $OUT/gpu_compile.json: per variant the compile time, ms per batch, images/s, the ratio to eager
 and the max abs diff against the eager re-parameterised encoder; then the top CUDA kernels of
 the fastest variant and `TorchBackend.encode` end to end (host fp32 in, host fp32 out).
+`--triton-mixer` first times the fused Triton channel mixer (engine/triton_mixer.py) eager,
+on all widths, and under torch.compile (with `--only`'s options when given).
 """
 
 from __future__ import annotations
@@ -81,6 +83,11 @@ def main() -> int:
         "--tanh-gelu", action="store_true", help="also time GELU's tanh form (default options)"
     )
     parser.add_argument(
+        "--triton-mixer",
+        action="store_true",
+        help="also time the fused Triton channel mixer, eager and compiled (first)",
+    )
+    parser.add_argument(
         "--dry-run-cpu", action="store_true", help="exercise the plumbing on the CPU (fp32)"
     )
     args = parser.parse_args()
@@ -145,8 +152,14 @@ def main() -> int:
         best: tuple[float, str, dict[str, Any]] = (float("inf"), "", {})
 
         def try_variant(
-            name: str, options: dict[str, Any], min_left: float, tanh_gelu: bool = False
+            name: str,
+            options: dict[str, Any] | None,
+            min_left: float,
+            tanh_gelu: bool = False,
+            mixer_channels: int = 0,
         ) -> None:
+            """options None: no torch.compile. mixer_channels > 0: Triton channel mixers on
+            every block with at most that many channels (engine/triton_mixer.py)."""
             nonlocal best
             if left() < min_left:
                 REPORT["errors"][name] = f"skipped: {left():.0f} s of budget left"
@@ -155,8 +168,24 @@ def main() -> int:
             torch._dynamo.reset()
             try:
                 backend = TorchBackend(
-                    model, dev, prec, fingerprint="bench", compile=True, compile_options=options
+                    model,
+                    dev,
+                    prec,
+                    fingerprint="bench",
+                    compile=options is not None and not mixer_channels,
+                    compile_options=options,
                 )
+                if mixer_channels:
+                    from engine.triton_mixer import use_triton_channel_mixers
+
+                    swapped = use_triton_channel_mixers(backend._encoder, mixer_channels)
+                    log(f"{name}: {swapped} Triton channel mixers")
+                    run = backend._encoder
+                    if options is not None:
+                        run = torch.compile(
+                            backend._encoder, dynamic=False, options=options or None
+                        )
+                    backend._compiled = run
                 if tanh_gelu:  # would half precision hide GELU's tanh form? (|diff| < 3e-4)
                     for mod in backend._encoder.modules():
                         for child_name, child in mod.named_children():
@@ -180,15 +209,23 @@ def main() -> int:
                 ms,
                 {
                     "options": options,
+                    "triton_mixer_max_channels": mixer_channels,
                     "compile_s": round(compile_s, 1),
                     "max_abs_diff_vs_eager": diff,
                 },
             )
-            if ms < best[0]:
+            if ms < best[0] and options is not None and not mixer_channels:
                 best = (ms, name, options)
 
         if args.only is not None:
             try_variant("only", args.only, min_left=0)
+        if args.triton_mixer:
+            # The first call autotunes the kernel per width (8 tiles each): part of compile_s.
+            try_variant("triton_mixer_eager", None, min_left=0, mixer_channels=192)
+            try_variant("triton_mixer_all_eager", None, min_left=30, mixer_channels=384)
+            try_variant(
+                "triton_mixer+inductor_default", args.only or {}, min_left=60, mixer_channels=192
+            )
         if args.tanh_gelu:
             try_variant("inductor_default_tanh_gelu", {}, min_left=0, tanh_gelu=True)
         for name, options in ({} if args.only is not None else BASE_VARIANTS).items():

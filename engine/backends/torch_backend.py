@@ -51,6 +51,7 @@ class TorchBackend(Backend):
         num_threads: int | None = None,
         compile: bool = False,
         compile_options: Mapping[str, Any] | None = None,
+        triton_mixer: bool = False,
     ) -> None:
         if precision not in DTYPES:
             raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
@@ -65,6 +66,7 @@ class TorchBackend(Backend):
         self.device = dev
         self.dtype = DTYPES[precision]
         self.optimize = optimize
+        self._triton_mixer = self._check_triton_mixer(triton_mixer, dev)
         # channels_last pays on both: oneDNN on the CPU; on an H200 (fp16, batch 32) 1308 img/s
         # against 1052 in NCHW, once the bicubic upsampling is a matmul (bench/gpu_profile.py).
         self._channels_last = optimize
@@ -81,6 +83,9 @@ class TorchBackend(Backend):
             details={"optimized": str(optimize).lower(), "torch": torch.__version__},
         )
         self._encoder = self._build_encoder()
+        if self._triton_mixer is not None:
+            swapped = self._triton_mixer.use_triton_channel_mixers(self._encoder)
+            self.info.details["triton_mixer"] = f"{swapped} channel mixers"
         self._compiled = None
         if compile:
             options = dict(DEFAULT_COMPILE_OPTIONS if compile_options is None else compile_options)
@@ -89,6 +94,23 @@ class TorchBackend(Backend):
             self.info.details["compile_options"] = ",".join(
                 f"{k}={v}" for k, v in sorted(options.items())
             )
+
+    def _check_triton_mixer(self, wanted: bool, dev: torch.device) -> Any:
+        """The `engine.triton_mixer` module when `wanted` and usable here, else None.
+
+        Off by default: it is correct (tests run it through Triton's interpreter) but its
+        speed-up has not yet been measured on a GPU; bench/gpu_compile.py times it."""
+        if not wanted:
+            return None
+        if not self.optimize:
+            raise ValueError("triton_mixer replaces re-parameterised layers: needs optimize=True")
+        try:
+            from engine import triton_mixer
+        except ImportError as exc:
+            raise BackendUnavailable(f"triton_mixer needs Triton, which is missing: {exc}") from exc
+        if dev.type != "cuda" and not triton_mixer.INTERPRETER:
+            raise ValueError("the Triton channel mixer runs on CUDA devices")
+        return triton_mixer
 
     def _build_encoder(self) -> torch.nn.Module:
         encoder = self.model.image_encoder

@@ -1,0 +1,153 @@
+"""The fused Triton channel mixer (engine/triton_mixer.py), checked on the CPU through Triton's
+interpreter. TRITON_INTERPRET must be set before Triton compiles the kernel's decorator, so the
+checks run in a fresh interpreter process."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+CASE_A_WEIGHTS = REPO.parent / "shared" / "reference" / "case_a" / "weights.safetensors"
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None,
+    reason="Triton is not installed (it ships with CUDA builds of PyTorch; pip install triton)",
+)
+
+
+def run_interpreted(body: str) -> dict:
+    """Run `body` under TRITON_INTERPRET=1; it must set a dict `result`, returned as JSON."""
+    script = "import json, torch\n" + textwrap.dedent(body) + "\nprint(json.dumps(result))\n"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_kernel_matches_the_unfused_mixer_for_each_stage_width_and_dtype() -> None:
+    result = run_interpreted(
+        """
+        import torch.nn.functional as F
+        from engine.triton_mixer import channel_mixer_rows
+
+        torch.manual_seed(0)
+        result = {}
+        # Pixel counts that do not fill the last tile; the stage widths 48/96/192/384; a width
+        # that is not a multiple of 16.
+        for c, m in ((48, 100), (96, 33), (192, 70), (384, 5), (40, 64)):
+            x = torch.randn(m, c) * 2
+            w1 = torch.randn(c, 2 * c) / c**0.5
+            b1 = torch.randn(2 * c) * 0.1
+            w2 = torch.randn(2 * c, c) / (2 * c) ** 0.5
+            b2 = torch.randn(c) * 0.1
+            for dtype in (torch.float32, torch.float16):
+                args = [t.to(dtype) for t in (x, w1, b1, w2, b2)]
+                y = channel_mixer_rows(*args)
+                xf, w1f, b1f, w2f, b2f = (t.float() for t in args)
+                hidden = F.gelu(xf @ w1f + b1f).to(dtype).float()
+                ref = xf + hidden @ w2f + b2f
+                assert y.dtype == dtype and y.shape == x.shape
+                result[f"{c}/{m}/{dtype}"] = [
+                    (y.float() - ref).abs().max().item(),
+                    ref.abs().max().item(),
+                ]
+        """
+    )
+    for key, (diff, scale) in result.items():
+        # fp32: IEEE products; fp16: about one half-precision ulp at the output's magnitude.
+        tolerance = 1e-5 * scale if "float32" in key else 2e-3 * scale
+        assert diff <= tolerance, (key, diff, scale)
+
+
+def test_kernel_rejects_mismatched_inputs_with_clear_errors() -> None:
+    result = run_interpreted(
+        """
+        from engine.triton_mixer import channel_mixer_rows
+
+        x, w1, b1 = torch.zeros(8, 16), torch.zeros(16, 32), torch.zeros(32)
+        w2, b2 = torch.zeros(32, 16), torch.zeros(16)
+        result = {"empty": list(channel_mixer_rows(torch.zeros(0, 16), w1, b1, w2, b2).shape)}
+        cases = {
+            "dtype": (x.half(), w1, b1, w2, b2),
+            "w1_shape": (x, torch.zeros(16, 31), b1, w2, b2),
+            "b2_shape": (x, w1, b1, w2, torch.zeros(15)),
+            "not_matrix": (x[None], w1, b1, w2, b2),
+            "strided": (torch.zeros(16, 8).t(), torch.zeros(8, 32), b1, torch.zeros(32, 8),
+                        torch.zeros(8)),
+        }
+        for name, args in cases.items():
+            try:
+                channel_mixer_rows(*args)
+                result[name] = "no error"
+            except ValueError as exc:
+                result[name] = str(exc)
+        """
+    )
+    assert result.pop("empty") == [0, 16]
+    for name, message in result.items():
+        assert message != "no error", name
+
+
+@pytest.mark.skipif(not CASE_A_WEIGHTS.is_file(), reason=f"no weights at {CASE_A_WEIGHTS}")
+def test_backend_with_triton_mixers_encodes_like_the_plain_backend() -> None:
+    result = run_interpreted(
+        f"""
+        from engine import build_edge_sam
+        from engine.backends.torch_backend import TorchBackend
+        from engine.triton_mixer import TritonChannelMixer
+
+        torch.manual_seed(0)
+        model = build_edge_sam({str(CASE_A_WEIGHTS)!r})
+        plain = TorchBackend(model, "cpu", fingerprint="t")
+        mixed = TorchBackend(model, "cpu", fingerprint="t", triton_mixer=True)
+        swapped = sum(isinstance(m, TritonChannelMixer) for m in mixed._encoder.modules())
+        # A small input keeps the interpreter quick; every block still runs.
+        x = torch.randn(2, 3, 128, 128)
+        a, b = plain.encode(x), mixed.encode(x)
+        # torch.compile sees the kernel as one custom op: the whole encoder is one graph.
+        graph = torch.compile(mixed._encoder, backend="aot_eager", fullgraph=True)
+        with torch.inference_mode():
+            xc = x.contiguous(memory_format=torch.channels_last)
+            compiled_diff = (graph(xc) - mixed._encoder(xc)).abs().max().item()
+        result = {{
+            "compiled_diff": compiled_diff,
+            "swapped": swapped,
+            "detail": mixed.info.details["triton_mixer"],
+            "shape": list(b.shape),
+            "diff": (a - b).abs().max().item(),
+            "scale": a.abs().max().item(),
+        }}
+        """
+    )
+    # 23 of RepViT-m1's 26 blocks have at most 192 channels; the three 384-channel ones keep cuDNN.
+    assert result["swapped"] == 23
+    assert result["detail"] == "23 channel mixers"
+    assert result["shape"] == [2, 256, 8, 8]
+    assert result["diff"] <= 1e-4 * result["scale"], result
+    assert result["compiled_diff"] <= 1e-5 * result["scale"], result
+
+
+def test_backend_refuses_the_triton_mixer_where_it_cannot_run() -> None:
+    from engine.backends.torch_backend import TorchBackend
+    from engine.modeling import EdgeSam
+
+    model = EdgeSam()
+    with pytest.raises(ValueError, match="CUDA"):
+        TorchBackend(model, "cpu", fingerprint="t", triton_mixer=True)
+    with pytest.raises(ValueError, match="optimize=True"):
+        TorchBackend(model, "cpu", fingerprint="t", optimize=False, triton_mixer=True)
