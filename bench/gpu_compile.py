@@ -9,8 +9,9 @@ unfused fp16 encoder in the same run. Prints as it goes and, when $OUT is set, w
 $OUT/gpu_compile.json: per variant the compile time, ms per batch, images/s, the ratio to eager
 and the max abs diff against the eager re-parameterised encoder; then the top CUDA kernels of
 the fastest variant and `TorchBackend.encode` end to end (host fp32 in, host fp32 out).
-`--triton-mixer` first times the fused Triton channel mixer (engine/triton_mixer.py) eager,
-on all widths, and under torch.compile (with `--only`'s options when given).
+`--triton-mixer` first times the Triton RepViT kernels (engine/triton_mixer.py): whole
+stride-1 blocks, channel mixers alone, all widths, and under torch.compile (with `--only`'s
+options when given).
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ def time_batches(fn: Any, sync: Any, runs: int = 0, repeats: int = 0) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument(
+        "--image-size", type=int, default=1024, help="smaller only for --dry-run-cpu plumbing"
+    )
     parser.add_argument("--budget-s", type=float, default=400.0)
     parser.add_argument("--no-autotune", action="store_true")
     parser.add_argument(
@@ -138,7 +142,8 @@ def main() -> int:
 
     with torch.inference_mode():
         # Inference tensors, as TorchBackend.encode makes them: dynamo guards on the difference.
-        x = torch.randn(b, 3, 1024, 1024, device=dev, dtype=dtype)
+        size = args.image_size
+        x = torch.randn(b, 3, size, size, device=dev, dtype=dtype)
         x_cl = x.contiguous(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = False
         eager = TorchBackend(model, dev, prec, optimize=False, fingerprint="bench")
@@ -157,9 +162,11 @@ def main() -> int:
             min_left: float,
             tanh_gelu: bool = False,
             mixer_channels: int = 0,
+            whole_blocks: bool = True,
         ) -> None:
-            """options None: no torch.compile. mixer_channels > 0: Triton channel mixers on
-            every block with at most that many channels (engine/triton_mixer.py)."""
+            """options None: no torch.compile. mixer_channels > 0: the Triton kernel for every
+            block with at most that many channels (engine/triton_mixer.py), on whole stride-1
+            blocks with `whole_blocks`."""
             nonlocal best
             if left() < min_left:
                 REPORT["errors"][name] = f"skipped: {left():.0f} s of budget left"
@@ -178,8 +185,10 @@ def main() -> int:
                 if mixer_channels:
                     from engine.triton_mixer import use_triton_channel_mixers
 
-                    swapped = use_triton_channel_mixers(backend._encoder, mixer_channels)
-                    log(f"{name}: {swapped} Triton channel mixers")
+                    swapped = use_triton_channel_mixers(
+                        backend._encoder, mixer_channels, whole_blocks
+                    )
+                    log(f"{name}: Triton kernels {swapped}")
                     run = backend._encoder
                     if options is not None:
                         run = torch.compile(
@@ -210,6 +219,7 @@ def main() -> int:
                 {
                     "options": options,
                     "triton_mixer_max_channels": mixer_channels,
+                    "triton_whole_blocks": whole_blocks,
                     "compile_s": round(compile_s, 1),
                     "max_abs_diff_vs_eager": diff,
                 },
@@ -221,11 +231,16 @@ def main() -> int:
             try_variant("only", args.only, min_left=0)
         if args.triton_mixer:
             # The first call autotunes the kernel per width (8 tiles each): part of compile_s.
-            try_variant("triton_mixer_eager", None, min_left=0, mixer_channels=192)
-            try_variant("triton_mixer_all_eager", None, min_left=30, mixer_channels=384)
+            try_variant("triton_blocks_eager", None, min_left=0, mixer_channels=192)
             try_variant(
-                "triton_mixer+inductor_default", args.only or {}, min_left=60, mixer_channels=192
+                "triton_mixers_only_eager",
+                None,
+                min_left=30,
+                mixer_channels=192,
+                whole_blocks=False,
             )
+            try_variant("triton_blocks_all_eager", None, min_left=30, mixer_channels=384)
+            try_variant("triton_blocks+inductor", args.only or {}, min_left=60, mixer_channels=192)
         if args.tanh_gelu:
             try_variant("inductor_default_tanh_gelu", {}, min_left=0, tanh_gelu=True)
         for name, options in ({} if args.only is not None else BASE_VARIANTS).items():
@@ -254,7 +269,7 @@ def main() -> int:
             backend = TorchBackend(
                 model, dev, prec, fingerprint="bench", compile=True, compile_options=best[2]
             )
-            host = torch.randn(b, 3, 1024, 1024)
+            host = torch.randn(b, 3, size, size)
             t0 = time.perf_counter()
             backend.encode(host)
             log(f"backend.encode first call {time.perf_counter() - t0:.1f} s")
@@ -271,8 +286,8 @@ def main() -> int:
             # The service's path: uint8 pixels up, normalised on the device (encode_pixels).
             from engine.transforms import normalize_pixels
 
-            pixels = torch.randint(0, 256, (b, 3, 1024, 1024), dtype=torch.uint8)
-            sizes = [(1024, 1024 - 8 * i) for i in range(b)]
+            pixels = torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8)
+            sizes = [(size, size - 8 * i) for i in range(b)]
             via_pixels = backend.encode_pixels(pixels, sizes)
             via_floats = backend.encode(normalize_pixels(pixels, sizes))
             diff = (via_pixels - via_floats).abs().max().item()

@@ -15,7 +15,7 @@ CPU through Triton's interpreter, which is how the tests check it without a GPU.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import triton
@@ -45,28 +45,65 @@ _INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_H": 32}
 
 
 @triton.jit
-def _channel_mixer_kernel(
+def _repvit_mixer_kernel(
     x_ptr,
+    dw_w_ptr,
+    dw_b_ptr,
+    gate_ptr,
     w1_ptr,
     b1_ptr,
     w2_ptr,
     b2_ptr,
     y_ptr,
     M,
+    H,
+    W,
     C: tl.constexpr,
     HIDDEN: tl.constexpr,
     C_PAD: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    DEPTHWISE: tl.constexpr,
+    GATE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    # x, y: [M, C] row-major (NHWC pixels); w1: [C, HIDDEN]; w2: [HIDDEN, C]; biases 1-D.
+    # x, y: [M, C] row-major, M = N*H*W pixels of an NHWC tensor. w1: [C, HIDDEN];
+    # w2: [HIDDEN, C]; dw_w: [9, C] (3x3 taps, identity folded in); gate: [N, C].
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, C_PAD)  # C padded to a power of two; the pad is masked to zero
     row_ok = rows < M
     col_ok = cols < C
     tile_ok = row_ok[:, None] & col_ok[None, :]
-    x = tl.load(x_ptr + rows[:, None] * C + cols[None, :], mask=tile_ok, other=0.0)
+    if DEPTHWISE:
+        # The token mixer: 3x3 depthwise conv, zero padding. The nine shifted tiles overlap
+        # this program's and its neighbours' pixels, so they come from cache, not memory.
+        pix = rows % (H * W)
+        hh = pix // W
+        ww = pix % W
+        mixed = tl.zeros((BLOCK_M, C_PAD), dtype=tl.float32)
+        for tap in tl.static_range(9):
+            dy = tap // 3 - 1
+            dx = tap % 3 - 1
+            ok = row_ok & (hh + dy >= 0) & (hh + dy < H) & (ww + dx >= 0) & (ww + dx < W)
+            src = rows + dy * W + dx
+            v = tl.load(
+                x_ptr + src[:, None] * C + cols[None, :],
+                mask=ok[:, None] & col_ok[None, :],
+                other=0.0,
+            )
+            tap_w = tl.load(dw_w_ptr + tap * C + cols, mask=col_ok, other=0.0)
+            mixed += v.to(tl.float32) * tap_w.to(tl.float32)[None, :]
+        mixed += tl.load(dw_b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        # Rounded to the storage dtype, as the unfused conv's output is.
+        x = mixed.to(x_ptr.dtype.element_ty)
+    else:
+        x = tl.load(x_ptr + rows[:, None] * C + cols[None, :], mask=tile_ok, other=0.0)
+    if GATE:
+        # Squeeze-excite's per-image, per-channel gate, applied on load instead of in a pass.
+        g = tl.load(
+            gate_ptr + (rows // (H * W))[:, None] * C + cols[None, :], mask=tile_ok, other=0.0
+        )
+        x = (x.to(tl.float32) * g.to(tl.float32)).to(x_ptr.dtype.element_ty)
     acc = tl.zeros((BLOCK_M, C_PAD), dtype=tl.float32)
     hid = tl.arange(0, BLOCK_H)
     for h0 in range(0, HIDDEN, BLOCK_H):
@@ -99,16 +136,28 @@ _tuned_kernel = triton.autotune(
         triton.Config({"BLOCK_M": m, "BLOCK_H": h}, num_warps=w, num_stages=s)
         for m, h, w, s in _CUDA_CONFIGS
     ],
-    key=["C", "HIDDEN"],
-)(_channel_mixer_kernel)
+    key=["C", "HIDDEN", "DEPTHWISE", "GATE"],
+)(_repvit_mixer_kernel)
 
 
-def channel_mixer_rows(
-    x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
+def repvit_mixer_rows(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    dw_weight: Optional[torch.Tensor] = None,
+    dw_bias: Optional[torch.Tensor] = None,
+    gate: Optional[torch.Tensor] = None,
+    height: int = 0,
+    width: int = 0,
 ) -> torch.Tensor:
-    """x [M, C] + gelu(x @ w1 + b1) @ w2 + b2, with w1 [C, H] and w2 [H, C], all one dtype.
+    """RepViT's channel mixer on the pixels of an NHWC tensor, x [M, C] with M = N*height*width:
+    `t + gelu(t @ w1 + b1) @ w2 + b2`, with w1 [C, 2C] and w2 [2C, C], where t is x, or, given
+    dw_weight [9, C] and dw_bias [C], x's 3x3 depthwise conv (the block's token mixer, zero
+    padding, identity folded in), and then, given gate [N, C], scaled by it (squeeze-excite).
 
-    Accumulates in fp32; fp32 inputs use IEEE products (no TF32)."""
+    Everything in one dtype; accumulates in fp32; fp32 inputs use IEEE products (no TF32)."""
     if x.dim() != 2 or not x.is_contiguous():
         raise ValueError("x must be a contiguous [pixels, channels] matrix")
     m, c = x.shape
@@ -117,29 +166,58 @@ def channel_mixer_rows(
         raise ValueError(f"weights do not match {c} channels: {w1.shape}, {w2.shape}")
     if b2.shape != (c,):
         raise ValueError(f"b2 must have {c} entries, got {tuple(b2.shape)}")
-    if len({t.dtype for t in (x, w1, b1, w2, b2)}) != 1:
+    tensors = [x, w1, b1, w2, b2]
+    depthwise, gated = dw_weight is not None, gate is not None
+    if depthwise or gated:
+        if height < 1 or width < 1 or m % (height * width):
+            raise ValueError(f"{m} pixels are not whole {height}x{width} images")
+    if depthwise:
+        if dw_bias is None or dw_weight.shape != (9, c) or dw_bias.shape != (c,):  # type: ignore[union-attr]
+            raise ValueError(f"dw_weight must be [9, {c}] and dw_bias [{c}]")
+        tensors += [dw_weight, dw_bias]
+    if gated:
+        if gate.shape != (m // (height * width), c):  # type: ignore[union-attr]
+            raise ValueError(f"gate must be [images, {c}], got {tuple(gate.shape)}")  # type: ignore[union-attr]
+        tensors.append(gate)
+    if len({t.dtype for t in tensors}) != 1:  # type: ignore[union-attr]
         raise ValueError("x and the weights must share one dtype")
     if not x.is_cuda and not INTERPRETER:
         raise ValueError("the Triton channel mixer runs on CUDA tensors (or TRITON_INTERPRET=1)")
+    if x.numel() >= 2**31:
+        raise ValueError("more than 2**31 elements: split the batch")  # int32 offsets
     y = torch.empty_like(x)
     if m == 0:
         return y
+    unused = b2  # stands in for the pointers a constexpr flag switches off
+    pointers = (
+        x,
+        unused if dw_weight is None else dw_weight.contiguous(),
+        unused if dw_bias is None else dw_bias.contiguous(),
+        unused if gate is None else gate.contiguous(),
+        w1.contiguous(),
+        b1.contiguous(),
+        w2.contiguous(),
+        b2.contiguous(),
+        y,
+    )
     args: dict[str, Any] = {
         "C": c,
         "HIDDEN": hidden,
         "C_PAD": max(16, triton.next_power_of_2(c)),
         "INPUT_PRECISION": "ieee" if x.dtype == torch.float32 else "tf32",
+        "DEPTHWISE": depthwise,
+        "GATE": gated,
     }
-    weights = (w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous())
+    sizes = (m, max(height, 1), max(width, 1))
     if not INTERPRETER:
 
         def grid(meta: dict[str, Any]) -> tuple[int]:
             return (triton.cdiv(m, meta["BLOCK_M"]),)
 
-        _tuned_kernel[grid](x, *weights, y, m, **args)
+        _tuned_kernel[grid](*pointers, *sizes, **args)
     else:
         grid_fixed = (triton.cdiv(m, _INTERPRETER_CONFIG["BLOCK_M"]),)
-        _channel_mixer_kernel[grid_fixed](x, *weights, y, m, **args, **_INTERPRETER_CONFIG)
+        _repvit_mixer_kernel[grid_fixed](*pointers, *sizes, **args, **_INTERPRETER_CONFIG)
     return y
 
 
@@ -148,17 +226,27 @@ def _register_op() -> Any:
     the plain function elsewhere."""
     custom_op = getattr(getattr(torch, "library", None), "custom_op", None)
     if custom_op is None:
-        return channel_mixer_rows
-    op = custom_op("edgesam::channel_mixer_rows", mutates_args=())(channel_mixer_rows)
+        return repvit_mixer_rows
+    op = custom_op("edgesam::repvit_mixer_rows", mutates_args=())(repvit_mixer_rows)
 
     @op.register_fake
-    def _(x, w1, b1, w2, b2):  # type: ignore[no-untyped-def]
+    def _(x, *args, **kwargs):  # type: ignore[no-untyped-def]
         return torch.empty_like(x)
 
     return op
 
 
-_channel_mixer_op = _register_op()
+_repvit_mixer_op = _register_op()
+
+
+def _pixel_rows(x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(n * h * w, c).contiguous()  # a view when channels_last
+
+
+def _as_nchw(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = like.shape
+    return rows.view(n, h, w, c).permute(0, 3, 1, 2)  # channels_last NCHW view
 
 
 class TritonChannelMixer(nn.Module):
@@ -178,40 +266,101 @@ class TritonChannelMixer(nn.Module):
             self.register_buffer("w2", conv2.weight.reshape(c, hidden).t().contiguous())
             self.register_buffer("b2", conv2.bias.detach().clone())
 
+    def mix(self, x: torch.Tensor, **extra: Any) -> torch.Tensor:
+        out = _repvit_mixer_op(_pixel_rows(x), self.w1, self.b1, self.w2, self.b2, **extra)
+        return _as_nchw(out, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mix(x)
+
+
+class TritonRepViTBlock(nn.Module):
+    """A whole re-parameterised stride-1 RepViT block. Without squeeze-excite: one kernel
+    (depthwise 3x3, then the channel mixer). With it: the depthwise conv and the gate's global
+    mean run in PyTorch, and the kernel applies the gate as it loads."""
+
+    def __init__(
+        self,
+        depthwise: nn.Conv2d,
+        squeeze_excite: Optional[nn.Module],
+        conv1: nn.Conv2d,
+        conv2: nn.Conv2d,
+    ) -> None:
+        super().__init__()
+        c = depthwise.in_channels
+        self.depthwise = depthwise
+        self.squeeze_excite = squeeze_excite
+        self.mixer = TritonChannelMixer(conv1, conv2)
+        with torch.no_grad():
+            self.register_buffer("dw_w", depthwise.weight.reshape(c, 9).t().contiguous())
+            self.register_buffer("dw_b", depthwise.bias.detach().clone())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view when channels_last
-        out = _channel_mixer_op(rows.contiguous(), self.w1, self.b1, self.w2, self.b2)
-        return out.view(n, h, w, c).permute(0, 3, 1, 2)  # channels_last NCHW view
+        if self.squeeze_excite is None:
+            return self.mixer.mix(x, dw_weight=self.dw_w, dw_bias=self.dw_b, height=h, width=w)
+        mixed = self.depthwise(x)
+        se = self.squeeze_excite
+        gate = torch.sigmoid(se.fc2(torch.relu(se.fc1(mixed.mean((2, 3), keepdim=True)))))
+        return self.mixer.mix(mixed, gate=gate.reshape(n, c), height=h, width=w)
 
 
-def _is_fused_mixer(module: nn.Module) -> bool:
+def _fused_mixer_convs(module: nn.Module) -> Optional[tuple[nn.Conv2d, nn.Conv2d]]:
     from engine.fusion import InplaceGELU, InplaceResidual
 
     if not isinstance(module, InplaceResidual) or not isinstance(module.m, nn.Sequential):
-        return False
+        return None
     parts = list(module.m)
-    return (
+    if (
         len(parts) == 3
         and isinstance(parts[0], nn.Conv2d)
         and isinstance(parts[1], InplaceGELU)
         and isinstance(parts[2], nn.Conv2d)
         and parts[0].kernel_size == (1, 1)
         and parts[2].kernel_size == (1, 1)
-    )
+    ):
+        return parts[0], parts[2]
+    return None
+
+
+def _stride1_depthwise(token_mixer: nn.Module) -> Optional[tuple[nn.Conv2d, nn.Module]]:
+    parts = list(token_mixer) if isinstance(token_mixer, nn.Sequential) else []
+    if len(parts) != 2 or not isinstance(parts[0], nn.Conv2d):
+        return None
+    dw = parts[0]
+    if dw.kernel_size != (3, 3) or dw.stride != (1, 1) or dw.padding != (1, 1):
+        return None
+    if dw.groups != dw.in_channels or dw.in_channels != dw.out_channels or dw.bias is None:
+        return None
+    return dw, parts[1]
 
 
 def use_triton_channel_mixers(
-    fused_encoder: nn.Module, max_channels: int = DEFAULT_MAX_CHANNELS
-) -> int:
-    """Swap, in place, every channel mixer of a re-parameterised encoder (`fuse_encoder`'s
-    output) with at most `max_channels` channels for a `TritonChannelMixer`; returns how many."""
-    swapped = 0
-    for module in list(fused_encoder.modules()):
-        for name, child in list(module.named_children()):
-            if _is_fused_mixer(child):
-                conv1, _, conv2 = list(child.m)
-                if conv1.in_channels <= max_channels:
-                    setattr(module, name, TritonChannelMixer(conv1, conv2))
-                    swapped += 1
-    return swapped
+    fused_encoder: nn.Module,
+    max_channels: int = DEFAULT_MAX_CHANNELS,
+    whole_blocks: bool = True,
+) -> dict[str, int]:
+    """Swap, in place, the channel mixer of every block of a re-parameterised encoder
+    (`fuse_encoder`'s output) with at most `max_channels` channels for the Triton kernel; with
+    `whole_blocks`, stride-1 blocks bring their token mixer into it too. Returns the counts:
+    mixers swapped, blocks whose depthwise conv went in, blocks whose squeeze-excite gate did."""
+    from engine.fusion import InplaceSqueezeExcite
+    from engine.modeling.image_encoder import RepViTBlock
+
+    counts = {"mixers": 0, "with_depthwise": 0, "with_gate": 0}
+    features = fused_encoder.features
+    for idx, block in enumerate(features):
+        convs = _fused_mixer_convs(block.channel_mixer) if isinstance(block, RepViTBlock) else None
+        if convs is None or convs[0].in_channels > max_channels:
+            continue
+        counts["mixers"] += 1
+        dw = _stride1_depthwise(block.token_mixer) if whole_blocks else None
+        if dw is not None and isinstance(dw[1], nn.Identity):
+            features[idx] = TritonRepViTBlock(dw[0], None, *convs)
+            counts["with_depthwise"] += 1
+        elif dw is not None and isinstance(dw[1], InplaceSqueezeExcite):
+            features[idx] = TritonRepViTBlock(dw[0], dw[1], *convs)
+            counts["with_gate"] += 1
+        else:
+            block.channel_mixer = TritonChannelMixer(*convs)
+    return counts

@@ -84,8 +84,11 @@ class TorchBackend(Backend):
         )
         self._encoder = self._build_encoder()
         if self._triton_mixer is not None:
-            swapped = self._triton_mixer.use_triton_channel_mixers(self._encoder)
-            self.info.details["triton_mixer"] = f"{swapped} channel mixers"
+            counts = self._triton_mixer.use_triton_channel_mixers(self._encoder)
+            self.info.details["triton_mixer"] = (
+                f"{counts['mixers']} channel mixers ({counts['with_depthwise']} with their "
+                f"depthwise conv, {counts['with_gate']} with their squeeze-excite gate)"
+            )
         self._compiled = None
         if compile:
             options = dict(DEFAULT_COMPILE_OPTIONS if compile_options is None else compile_options)

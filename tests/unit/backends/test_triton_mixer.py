@@ -43,7 +43,7 @@ def test_kernel_matches_the_unfused_mixer_for_each_stage_width_and_dtype() -> No
     result = run_interpreted(
         """
         import torch.nn.functional as F
-        from engine.triton_mixer import channel_mixer_rows
+        from engine.triton_mixer import repvit_mixer_rows
 
         torch.manual_seed(0)
         result = {}
@@ -57,7 +57,7 @@ def test_kernel_matches_the_unfused_mixer_for_each_stage_width_and_dtype() -> No
             b2 = torch.randn(c) * 0.1
             for dtype in (torch.float32, torch.float16):
                 args = [t.to(dtype) for t in (x, w1, b1, w2, b2)]
-                y = channel_mixer_rows(*args)
+                y = repvit_mixer_rows(*args)
                 xf, w1f, b1f, w2f, b2f = (t.float() for t in args)
                 hidden = F.gelu(xf @ w1f + b1f).to(dtype).float()
                 ref = xf + hidden @ w2f + b2f
@@ -77,7 +77,7 @@ def test_kernel_matches_the_unfused_mixer_for_each_stage_width_and_dtype() -> No
 def test_kernel_rejects_mismatched_inputs_with_clear_errors() -> None:
     result = run_interpreted(
         """
-        from engine.triton_mixer import channel_mixer_rows
+        from engine.triton_mixer import repvit_mixer_rows as channel_mixer_rows
 
         x, w1, b1 = torch.zeros(8, 16), torch.zeros(16, 32), torch.zeros(32)
         w2, b2 = torch.zeros(32, 16), torch.zeros(16)
@@ -103,28 +103,86 @@ def test_kernel_rejects_mismatched_inputs_with_clear_errors() -> None:
         assert message != "no error", name
 
 
+def test_kernel_with_depthwise_conv_and_gate_matches_the_unfused_block() -> None:
+    result = run_interpreted(
+        """
+        import torch.nn.functional as F
+        from engine.triton_mixer import repvit_mixer_rows
+
+        torch.manual_seed(1)
+        result = {}
+        # Maps smaller than, equal to and not a multiple of a tile; one pixel wide; 2 images.
+        for c, n, h, w in ((48, 2, 7, 9), (96, 1, 8, 4), (40, 2, 1, 5), (16, 3, 5, 1)):
+            x = torch.randn(n, c, h, w)
+            dw = torch.randn(c, 1, 3, 3) / 3
+            dwb = torch.randn(c) * 0.1
+            gate = torch.rand(n, c)
+            w1 = torch.randn(c, 2 * c) / c**0.5
+            b1 = torch.randn(2 * c) * 0.1
+            w2 = torch.randn(2 * c, c) / (2 * c) ** 0.5
+            b2 = torch.randn(c) * 0.1
+            rows = x.permute(0, 2, 3, 1).reshape(-1, c).contiguous()
+            for dtype in (torch.float32, torch.float16):
+                cast = [t.to(dtype) for t in (rows, w1, b1, w2, b2)]
+                dw_w = dw.reshape(c, 9).t().contiguous().to(dtype)
+                for use_dw, use_gate in ((True, False), (False, True), (True, True)):
+                    y = repvit_mixer_rows(
+                        *cast,
+                        dw_weight=dw_w if use_dw else None,
+                        dw_bias=dwb.to(dtype) if use_dw else None,
+                        gate=gate.to(dtype) if use_gate else None,
+                        height=h,
+                        width=w,
+                    )
+                    t = x.to(dtype).float()
+                    if use_dw:
+                        t = F.conv2d(t, dw.to(dtype).float(), dwb.to(dtype).float(), padding=1,
+                                     groups=c).to(dtype).float()
+                    if use_gate:
+                        t = (t * gate.to(dtype).float()[:, :, None, None]).to(dtype).float()
+                    t = t.permute(0, 2, 3, 1).reshape(-1, c)
+                    w1f, b1f, w2f, b2f = (v.float() for v in cast[1:])
+                    ref = t + F.gelu(t @ w1f + b1f).to(dtype).float() @ w2f + b2f
+                    key = f"{c}/{n}x{h}x{w}/{dtype}/dw={use_dw}/gate={use_gate}"
+                    result[key] = [(y.float() - ref).abs().max().item(), ref.abs().max().item()]
+        """
+    )
+    assert len(result) == 24
+    for key, (diff, scale) in result.items():
+        tolerance = 1e-5 * scale if "float32" in key else 2e-3 * scale
+        assert diff <= tolerance, (key, diff, scale)
+
+
 @pytest.mark.skipif(not CASE_A_WEIGHTS.is_file(), reason=f"no weights at {CASE_A_WEIGHTS}")
 def test_backend_with_triton_mixers_encodes_like_the_plain_backend() -> None:
     result = run_interpreted(
         f"""
         from engine import build_edge_sam
         from engine.backends.torch_backend import TorchBackend
-        from engine.triton_mixer import TritonChannelMixer
+        from engine.triton_mixer import TritonChannelMixer, use_triton_channel_mixers
 
         torch.manual_seed(0)
         model = build_edge_sam({str(CASE_A_WEIGHTS)!r})
         plain = TorchBackend(model, "cpu", fingerprint="t")
         mixed = TorchBackend(model, "cpu", fingerprint="t", triton_mixer=True)
         swapped = sum(isinstance(m, TritonChannelMixer) for m in mixed._encoder.modules())
+        mixers_only = TorchBackend(model, "cpu", fingerprint="t")
+        mixer_counts = use_triton_channel_mixers(mixers_only._encoder, whole_blocks=False)
+        all_counts = use_triton_channel_mixers(
+            TorchBackend(model, "cpu", fingerprint="t")._encoder, max_channels=384
+        )
         # A small input keeps the interpreter quick; every block still runs.
-        x = torch.randn(2, 3, 128, 128)
-        a, b = plain.encode(x), mixed.encode(x)
+        x = torch.randn(2, 3, 64, 64)
+        a, b, c = plain.encode(x), mixed.encode(x), mixers_only.encode(x)
         # torch.compile sees the kernel as one custom op: the whole encoder is one graph.
         graph = torch.compile(mixed._encoder, backend="aot_eager", fullgraph=True)
         with torch.inference_mode():
             xc = x.contiguous(memory_format=torch.channels_last)
             compiled_diff = (graph(xc) - mixed._encoder(xc)).abs().max().item()
         result = {{
+            "mixer_counts": mixer_counts,
+            "all_counts": all_counts,
+            "mixers_only_diff": (a - c).abs().max().item(),
             "compiled_diff": compiled_diff,
             "swapped": swapped,
             "detail": mixed.info.details["triton_mixer"],
@@ -136,8 +194,15 @@ def test_backend_with_triton_mixers_encodes_like_the_plain_backend() -> None:
     )
     # 23 of RepViT-m1's 26 blocks have at most 192 channels; the three 384-channel ones keep cuDNN.
     assert result["swapped"] == 23
-    assert result["detail"] == "23 channel mixers"
-    assert result["shape"] == [2, 256, 8, 8]
+    # 12 stride-1 blocks without squeeze-excite run whole; 9 with it take their gate; the two
+    # stride-2 blocks up to 192 channels keep their token mixer.
+    assert result["detail"] == (
+        "23 channel mixers (12 with their depthwise conv, 9 with their squeeze-excite gate)"
+    )
+    assert result["mixer_counts"] == {"mixers": 23, "with_depthwise": 0, "with_gate": 0}
+    assert result["all_counts"] == {"mixers": 26, "with_depthwise": 13, "with_gate": 10}
+    assert result["mixers_only_diff"] <= 1e-4 * result["scale"], result
+    assert result["shape"] == [2, 256, 4, 4]
     assert result["diff"] <= 1e-4 * result["scale"], result
     assert result["compiled_diff"] <= 1e-5 * result["scale"], result
 
