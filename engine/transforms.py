@@ -27,9 +27,11 @@ _STD = torch.from_numpy(PIXEL_STD).reshape(3, 1, 1)
 
 
 def target_size(height: int, width: int, long_side: int = IMAGE_SIZE) -> tuple[int, int]:
-    """(h, w) after resizing so that the longest side is `long_side`."""
+    """(h, w) after resizing so that the longest side is `long_side`. The short side is at
+    least 1 pixel: the official rounding gives 0 for a side shorter than 1/2048 of the long one
+    (a 1x3000 strip), which no resize can produce; every other size is the official one."""
     scale = long_side * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def resize_longest_side(image: np.ndarray, long_side: int = IMAGE_SIZE) -> np.ndarray:

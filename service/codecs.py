@@ -23,6 +23,17 @@ GENERIC_TYPES = {"", "application/octet-stream"}
 Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 89_478_485)
 
 
+# 16-bit greyscale PNGs open in these modes ("I" in older Pillow releases); convert("RGB")
+# clips them at 255, which turns nearly every pixel white.
+WIDE_GREY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+
+def _wide_grey_to_l(image: Image.Image) -> Image.Image:
+    """16-bit greyscale -> 8-bit greyscale by its high byte, as PIL reads 16-bit colour PNGs."""
+    wide = np.asarray(image).astype(np.int64)
+    return Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), "L")
+
+
 def content_hash(data: bytes) -> str:
     """The image_id: sha256 of the bytes as sent."""
     return hashlib.sha256(data).hexdigest()
@@ -49,7 +60,9 @@ def check_content_type(content_type: str | None) -> None:
 
 
 def decode_image(data: bytes, content_type: str | None, max_pixels: int) -> np.ndarray:
-    """Bytes -> uint8 HxWx3 RGB with EXIF orientation applied.
+    """Bytes -> uint8 HxWx3 RGB with EXIF orientation applied (width, height and prompt
+    coordinates are the upright image's). Alpha is ignored (the colour channels as stored),
+    animations give their first frame, 16-bit images are scaled to 8 bits.
 
     Raises UnsupportedMediaType (not JPEG/PNG/WebP), ImageTooLarge (pixel count or
     decompression bomb, checked from the header before any pixel is decoded) and
@@ -72,6 +85,8 @@ def decode_image(data: bytes, content_type: str | None, max_pixels: int) -> np.n
                     f"the image has {width}x{height} pixels; at most {max_pixels} are accepted"
                 )
             image = ImageOps.exif_transpose(image) or image
+            if image.mode in WIDE_GREY_MODES:
+                image = _wide_grey_to_l(image)
             rgb = np.asarray(image.convert("RGB"))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge("the image exceeds the decompression size limit") from exc

@@ -490,6 +490,11 @@ class SegmentationService:
                 raise MaskInputNotFound(
                     f"no stored mask for mask_input_id {req.mask_input_id} (unknown or expired)"
                 )
+            if got[1] and got[1] != req.image_id:
+                raise MaskInputNotFound(
+                    f"mask_input_id {req.mask_input_id} is a mask of another image; refine "
+                    "with a mask_input_id from an answer for this image_id"
+                )
             mask_input = got[0]
         items, best = await self._decode.run(
             self._segment_sync, backend, emb, points, labels, boxes, mask_input, req

@@ -68,7 +68,7 @@ ERROR_RESPONSES: Dict[Union[int, str], Dict[str, Any]] = {
         (401, "missing or wrong API key"),
         (404, "embedding_not_found: embed the image again"),
         (413, "body or image too large"),
-        (415, "not JPEG, PNG or WebP"),
+        (415, "not JPEG, PNG or WebP; or a JSON body not sent as application/json"),
         (422, "invalid request or prompt"),
         (503, "overloaded or not ready (Retry-After)"),
     )
@@ -199,6 +199,22 @@ def _validation_message(exc: RequestValidationError) -> str:
     return f"{loc or 'body'}: {first.get('msg', 'invalid')}{more}"
 
 
+def _validation_error_of(exc: RequestValidationError) -> ServiceError:
+    """A JSON route's body that failed validation: empty, not sent as JSON (FastAPI parses
+    bodies only under an application/json content type, so `curl -d` without one arrives as
+    bytes), or JSON that does not match the schema."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    if tuple(first.get("loc", ())) == ("body",):
+        if first.get("type") == "missing":
+            return InvalidRequest("the body is empty: send a JSON object")
+        if isinstance(first.get("input"), (bytes, bytearray)):
+            return UnsupportedMediaType(
+                "the body must be a JSON object sent with 'content-type: application/json'"
+            )
+    return InvalidRequest(_validation_message(exc))
+
+
 def create_app(
     settings: Optional[Settings] = None,
     service: Optional[SegmentationService] = None,
@@ -238,7 +254,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(InvalidRequest(_validation_message(exc)))
+        return error_response(_validation_error_of(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -56,6 +56,18 @@ def test_preprocessing_pads_bottom_right():
     assert torch.all(x[0, :, :512, :] > 0)
 
 
+@pytest.mark.parametrize("shape", [(1, 3000), (3000, 1), (2, 100_000)])
+def test_preprocessing_keeps_a_thin_strip_one_pixel_thick(shape):
+    """The official rounding makes the short side 0 beyond 1:2048 (PIL refuses to resize to
+    it); it stays 1 pixel, and coordinates map into that frame."""
+    h, w = shape
+    x, input_size = preprocess_image(np.full((h, w, 3), 200, np.uint8))
+    assert input_size == ((1, 1024) if w > h else (1024, 1))
+    assert torch.all(x[0, :, : input_size[0], : input_size[1]] > 0)
+    corner = apply_coords(np.array([[w, h]], np.float64), (h, w))[0]
+    np.testing.assert_allclose(corner, [input_size[1], input_size[0]])
+
+
 def test_pixels_normalised_anywhere_equal_the_preprocessing():
     from engine.transforms import image_to_pixels, normalize_pixels
 

@@ -43,6 +43,18 @@ def test_exif_orientation_is_applied(image: np.ndarray) -> None:
     assert out.shape == (40, 30, 3)
 
 
+def test_16_bit_images_are_scaled_to_8_bits() -> None:
+    """Greyscale as colour: by the high byte (PIL's convert alone clips grey at 255: white)."""
+    rng = np.random.default_rng(2)
+    grey = rng.integers(0, 65536, (30, 40), dtype=np.uint16)
+    out = codecs.decode_image(_encode(grey, "PNG"), "image/png", 10_000)
+    np.testing.assert_array_equal(out, np.repeat((grey >> 8).astype(np.uint8)[..., None], 3, 2))
+    colour = rng.integers(0, 65536, (30, 40, 3), dtype=np.uint16)
+    ok, png = cv2.imencode(".png", colour[..., ::-1])  # cv2 writes BGR
+    out = codecs.decode_image(png.tobytes(), "image/png", 10_000)
+    np.testing.assert_array_equal(out, (colour >> 8).astype(np.uint8))
+
+
 def test_other_formats_are_415(image: np.ndarray) -> None:
     with pytest.raises(UnsupportedMediaType):
         codecs.decode_image(_encode(image, "GIF"), None, 10_000)
