@@ -59,7 +59,12 @@ def load_rgb(path: Path) -> np.ndarray:
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
-        return np.asarray((ImageOps.exif_transpose(image) or image).convert("RGB"))
+        upright = ImageOps.exif_transpose(image) or image
+        if upright.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+            # 16-bit grey: its high byte, as the server reads it (convert("RGB") clips to white).
+            wide = np.asarray(upright).astype(np.int64)
+            return np.repeat((np.clip(wide, 0, 65535) >> 8).astype(np.uint8)[..., None], 3, -1)
+        return np.asarray(upright.convert("RGB"))
 
 
 def overlay(

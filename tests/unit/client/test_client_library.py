@@ -182,3 +182,27 @@ def test_use_priors_is_sent_only_when_turned_off() -> None:
     assert not segment_message(on).HasField("use_priors")
     msg = segment_message(off)
     assert msg.HasField("use_priors") and msg.use_priors is False
+
+
+def test_load_rgb_reads_images_as_the_server_does(tmp_path) -> None:  # noqa: ANN001
+    """16-bit grey by its high byte and EXIF orientation applied, like service.codecs."""
+    from PIL import Image
+
+    from client.cli import load_rgb
+    from service import codecs
+
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 65536, (30, 40), dtype=np.uint16)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(grey).save(path)
+    server = codecs.decode_image(path.read_bytes(), "image/png", 10_000)
+    np.testing.assert_array_equal(load_rgb(path), server)
+    assert server.max() > 0 and server.min() < 255  # not clipped to white
+    rotated = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    rotated.save(path, exif=exif.tobytes())
+    server = codecs.decode_image(path.read_bytes(), "image/jpeg", 10_000)
+    np.testing.assert_array_equal(load_rgb(path), server)
+    assert server.shape == (40, 30, 3)
