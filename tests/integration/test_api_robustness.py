@@ -447,18 +447,21 @@ def test_bodies_that_are_not_a_request(
         assert "empty" in r.json()["message"]
 
 
-def test_unknown_deleted_and_foreign_ids(both: BothTransports, image_id: str) -> None:
-    unknown = "0" * 64
+def assert_embedding_not_found(both: BothTransports, image_id: str) -> None:
     http_error(
-        both.http.post("/v1/segment", json={"image_id": unknown, "box": [0, 0, 5, 5]}),
+        both.http.post("/v1/segment", json={"image_id": image_id, "box": [0, 0, 5, 5]}),
         404,
         "embedding_not_found",
     )
     grpc_error(
-        lambda: both.stub.Segment(pb.SegmentRequest(image_id=unknown, box=_box(0, 0, 5, 5))),
+        lambda: both.stub.Segment(pb.SegmentRequest(image_id=image_id, box=_box(0, 0, 5, 5))),
         NOT_FOUND,
         "embedding_not_found",
     )
+
+
+def test_unknown_deleted_and_foreign_ids(both: BothTransports, image_id: str) -> None:
+    assert_embedding_not_found(both, "0" * 64)
     for bad in ("", "short", image_id.upper()):
         grpc_error(
             lambda bad=bad: both.stub.Segment(
@@ -487,16 +490,7 @@ def test_unknown_deleted_and_foreign_ids(both: BothTransports, image_id: str) ->
     grpc_error(lambda: both.stub.Segment(request, timeout=30), NOT_FOUND, "mask_input_not_found")
     # deleted: as unknown, on both transports, with its refinement ids
     assert both.http.delete(f"/v1/embeddings/{other_id}").status_code == 204
-    http_error(
-        both.http.post("/v1/segment", json={"image_id": other_id, "box": [0, 0, 5, 5]}),
-        404,
-        "embedding_not_found",
-    )
-    grpc_error(
-        lambda: both.stub.Segment(pb.SegmentRequest(image_id=other_id, box=_box(0, 0, 5, 5))),
-        NOT_FOUND,
-        "embedding_not_found",
-    )
+    assert_embedding_not_found(both, other_id)
 
 
 def test_interactive_session_refuses_bad_steps_and_goes_on(

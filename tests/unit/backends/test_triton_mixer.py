@@ -23,24 +23,28 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def run_interpreted(body: str) -> dict:
-    """Run `body` under TRITON_INTERPRET=1; it must set a dict `result`, returned as JSON."""
+def run_python(body: str, interpret: bool = True) -> dict:
+    """Run `body` in a fresh interpreter, under TRITON_INTERPRET=1 unless `interpret` is False;
+    it must set a dict `result`, returned through JSON."""
     script = "import json, torch\n" + textwrap.dedent(body) + "\nprint(json.dumps(result))\n"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO)
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
     proc = subprocess.run(
         [sys.executable, "-c", script],
         env=env,
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_kernel_matches_the_unfused_mixer_for_each_stage_width_and_dtype() -> None:
-    result = run_interpreted(
+    result = run_python(
         """
         import torch.nn.functional as F
         from engine.triton_mixer import repvit_mixer_rows
@@ -75,7 +79,7 @@ def test_kernel_matches_the_unfused_mixer_for_each_stage_width_and_dtype() -> No
 
 
 def test_kernel_rejects_mismatched_inputs_with_clear_errors() -> None:
-    result = run_interpreted(
+    result = run_python(
         """
         from engine.triton_mixer import repvit_mixer_rows as channel_mixer_rows
 
@@ -104,7 +108,7 @@ def test_kernel_rejects_mismatched_inputs_with_clear_errors() -> None:
 
 
 def test_kernel_with_depthwise_conv_and_gate_matches_the_unfused_block() -> None:
-    result = run_interpreted(
+    result = run_python(
         """
         import torch.nn.functional as F
         from engine.triton_mixer import repvit_mixer_rows
@@ -155,7 +159,7 @@ def test_kernel_with_depthwise_conv_and_gate_matches_the_unfused_block() -> None
 
 @pytest.mark.skipif(not CASE_A_WEIGHTS.is_file(), reason=f"no weights at {CASE_A_WEIGHTS}")
 def test_backend_with_triton_mixers_encodes_like_the_plain_backend() -> None:
-    result = run_interpreted(
+    result = run_python(
         f"""
         from engine import build_edge_sam
         from engine.backends.torch_backend import TorchBackend
@@ -216,3 +220,35 @@ def test_backend_refuses_the_triton_mixer_where_it_cannot_run() -> None:
         TorchBackend(model, "cpu", fingerprint="t", triton_mixer=True)
     with pytest.raises(ValueError, match="optimize=True"):
         TorchBackend(model, "cpu", fingerprint="t", optimize=False, triton_mixer=True)
+
+
+def test_kernel_compiles_for_hopper_ampere_and_orin_without_a_gpu() -> None:
+    """The interpreter does not run Triton's compiler, whose rules are stricter (globals must
+    be constexpr, dot shapes, shared memory): compile the CUDA path ahead of time, to cubin,
+    for sm_90 (H100/H200), sm_80 (A100) and sm_87 (Jetson Orin), each tile the autotuner tries
+    at the widest width, and each flag combination and dtype at one tile."""
+    shared = run_python(
+        """
+        from engine.triton_mixer import _CUDA_CONFIGS, compile_for_gpu
+
+        def shared_memory(*args):
+            return compile_for_gpu(*args).metadata.shared
+
+        result = {}
+        for config in _CUDA_CONFIGS:
+            result[f"90/192/fp16/dw/{config}"] = shared_memory(90, "fp16", 192, True, False, config)
+        one = _CUDA_CONFIGS[1]
+        for c in (48, 96, 384):
+            for depthwise, gate in ((True, False), (False, True), (False, False)):
+                key = f"90/{c}/fp16/{depthwise}/{gate}"
+                result[key] = shared_memory(90, "fp16", c, depthwise, gate, one)
+        for dtype in ("bf16", "fp32"):
+            result[f"90/48/{dtype}"] = shared_memory(90, dtype, 48, True, False, one)
+        result["80/96/fp16"] = shared_memory(80, "fp16", 96, True, False, one)
+        result["87/96/fp16"] = shared_memory(87, "fp16", 96, False, True, one)
+        """,
+        interpret=False,
+    )
+    assert len(shared) == 8 + 9 + 2 + 2
+    # Every kernel fits the shared memory of one Orin SM (164 KiB), the smallest of the three.
+    assert max(shared.values()) <= 164 * 1024, shared
