@@ -69,6 +69,28 @@ def time_batches(fn: Any, sync: Any, runs: int = 0, repeats: int = 0) -> float:
     return statistics.median(samples)
 
 
+def top_kernels(key: str, fn: Any, count: int = 18) -> None:
+    """Profile one call of `fn`; REPORT[key] gets its `count` costliest kernels (device time)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    acts = [torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=acts) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    rows = []
+    events = [e for e in prof.key_averages() if getattr(e, "device_time_total", 0) > 0]
+    for evt in sorted(events, key=lambda e: -e.device_time_total)[:count]:
+        ms = round(getattr(evt, "device_time_total", 0) / 1e3, 3)
+        rows.append({"kernel": evt.key[:90], "calls": evt.count, "ms": ms})
+    REPORT[key] = rows
+    log(key)
+    for r in rows:
+        log(f"  {r['ms']:8.3f} ms  x{r['calls']:3d}  {r['kernel']}")
+    write_report()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=32)
@@ -209,6 +231,8 @@ def main() -> int:
                 compile_s = time.perf_counter() - t0
                 diff = (out.float() - reference).abs().max().item()
                 ms = time_batches(lambda: backend._compiled(x_cl), sync)
+                if mixer_channels and options is not None and left() > 30:
+                    top_kernels(f"top_kernels_{name}", lambda: backend._compiled(x_cl))
             except Exception as exc:  # one failing option set must not hide the others
                 REPORT["errors"][name] = f"{type(exc).__name__}: {str(exc)[:400]}"
                 log(f"{name} FAILED: {type(exc).__name__}: {str(exc)[:400]}")
@@ -303,27 +327,7 @@ def main() -> int:
                 )
                 record("backend.encode_pixels_host_to_host", ms, {"max_abs_diff_vs_encode": diff})
             if left() > 20:
-                acts = [
-                    torch.profiler.ProfilerActivity.CUDA
-                    if dev == "cuda"
-                    else torch.profiler.ProfilerActivity.CPU
-                ]
-                with torch.profiler.profile(activities=acts) as prof:
-                    backend._compiled(x_cl)
-                    sync()
-                rows = []
-                events = [e for e in prof.key_averages() if getattr(e, "device_time_total", 0) > 0]
-                for evt in sorted(events, key=lambda e: -e.device_time_total)[:18]:
-                    rows.append(
-                        {
-                            "kernel": evt.key[:90],
-                            "calls": evt.count,
-                            "ms": round(getattr(evt, "device_time_total", 0) / 1e3, 3),
-                        }
-                    )
-                REPORT["top_kernels_best"] = rows
-                for r in rows:
-                    log(f"  {r['ms']:8.3f} ms  x{r['calls']:3d}  {r['kernel']}")
+                top_kernels("top_kernels_best", lambda: backend._compiled(x_cl))
     REPORT["total_s"] = round(time.perf_counter() - start_all, 1)
     write_report()
     return 0
