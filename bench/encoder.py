@@ -48,6 +48,12 @@ def make_backend(name: str, weights: Path | None, threads: int, device: str) -> 
         from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend.from_path(weights, device=device, intra_op_num_threads=threads)
+    if name == "onnxruntime-torch-decoder":  # ONNX Runtime encoder, PyTorch decoder
+        from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend.from_path(
+            weights, device=device, intra_op_num_threads=threads, decoder_runtime="torch"
+        )
     if name == "onnxruntime-official":
         from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "--backend",
         nargs="+",
         default=["onnxruntime", "torch"],
-        help="torch, onnxruntime, onnxruntime-official, tensorrt",
+        help="torch, onnxruntime, onnxruntime-torch-decoder, onnxruntime-official, tensorrt",
     )
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--runs", type=int, default=5, help="timed runs per measurement")
