@@ -9,7 +9,7 @@ naming the variable. `EDGESAM_CHECKPOINT`, `EDGESAM_HTTP_PORT`, `EDGESAM_GRPC_PO
 # typing's Optional/List/Tuple keep them valid on Python 3.8 (JetPack 5).
 import os
 from pathlib import Path
-from typing import List, Literal, Optional
+from typing import List, Literal, Optional, Tuple
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -39,8 +39,10 @@ class Settings(BaseSettings):
     )
     allow_random_weights: bool = False
     weights_dir: Path = Field(default_factory=lambda: default_cache_root() / "weights")
-    backend: Literal["torch", "onnxruntime", "tensorrt", "auto"] = "torch"
-    device: str = "cpu"
+    # auto: TensorRT where it imports and a GPU is present, else PyTorch on CUDA, else the
+    # fastest CPU backend as measured (ONNX Runtime); `runtime()` resolves it at start-up.
+    backend: Literal["torch", "onnxruntime", "tensorrt", "auto"] = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     engine_cache_dir: Path = Field(default_factory=lambda: default_cache_root() / "engines")
     torch_threads: Optional[int] = Field(None, ge=1, le=256)
@@ -127,13 +129,33 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"EDGESAM_PRIORS_CHECKPOINT={self.priors_checkpoint} is not a file"
                 )
-            if self.backend != "torch":
+            if self.backend not in ("torch", "auto"):
                 raise ValueError("EDGESAM_PRIORS_CHECKPOINT needs EDGESAM_BACKEND=torch")
         if self.grpc_port and self.grpc_port == self.http_port:
             raise ValueError("EDGESAM_GRPC_PORT and EDGESAM_HTTP_PORT must differ")
         if self.device.startswith("cpu") and self.precision != "fp32":
             raise ValueError("EDGESAM_PRECISION must be fp32 on the CPU")
         return self
+
+    def runtime(self) -> Tuple[str, str]:
+        """(backend, device) with `auto` resolved on this machine: the device is CUDA when
+        PyTorch sees a GPU; the backend is `engine.backends.select`'s choice for that device,
+        or PyTorch when the granularity priors are on (they run on the PyTorch model)."""
+        device = self.device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            if device == "cpu" and self.precision != "fp32":
+                raise ValueError(
+                    f"EDGESAM_PRECISION={self.precision} needs a GPU; EDGESAM_DEVICE=auto found none"
+                )
+        backend = self.backend
+        if backend == "auto":
+            from engine.backends.select import auto_backend_name
+
+            backend = "torch" if self.priors_checkpoint is not None else auto_backend_name(device)
+        return backend, device
 
     def api_key_values(self) -> List[bytes]:
         return [k.get_secret_value().encode() for k in self.api_keys]

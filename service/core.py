@@ -352,7 +352,8 @@ class SegmentationService:
             if s.priors_checkpoint is not None and self.priors is None:
                 from engine.distill.priors import load_priors
 
-                self.priors = await to_thread(load_priors, s.priors_checkpoint, device=s.device)
+                device = self.backend.info.device
+                self.priors = await to_thread(load_priors, s.priors_checkpoint, device=device)
                 log.info("granularity priors on, from %s", s.priors_checkpoint)
             if self.encoder is None and s.role != "decoder":
                 self.encoder = LocalEncoder(backend, s, self.metrics, self.priors)
@@ -382,14 +383,16 @@ class SegmentationService:
         from engine.loader import load_model
 
         s = self.settings
+        backend, device = s.runtime()
         options: dict[str, object] = {}
-        if s.backend == "torch" and s.torch_threads:
+        if backend == "torch" and s.torch_threads:
             options["num_threads"] = s.torch_threads
-        if s.backend == "tensorrt":
+        if backend == "tensorrt":
             options["engine_cache_dir"] = str(s.engine_cache_dir)
-        log.info("loading %s on %s (%s)", self.checkpoint or "random weights", s.device, s.backend)
+        chosen = f"{backend}, chosen by EDGESAM_BACKEND=auto" if s.backend == "auto" else backend
+        log.info("loading %s on %s (%s)", self.checkpoint or "random weights", device, chosen)
         return load_model(
-            self.checkpoint, device=s.device, backend=s.backend, precision=s.precision, **options
+            self.checkpoint, device=device, backend=backend, precision=s.precision, **options
         )
 
     def begin_drain(self) -> None:

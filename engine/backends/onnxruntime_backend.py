@@ -355,7 +355,11 @@ class OnnxRuntimeBackend(Backend):
         if path is not None and Path(path).suffix == ".onnx":
             return cls(path, decoder_path, device, precision, **options)
         encoder, decoder = export_cached(path, cache_dir, upsample_mode)
-        backend = cls(encoder, decoder, device, precision, **options)
+        try:
+            backend = cls(encoder, decoder, device, precision, **options)
+        finally:
+            if path is None:  # random weights: a throwaway export, in the sessions by now
+                shutil.rmtree(encoder.parent, ignore_errors=True)
         if decoder_runtime == "torch" and path is not None:
             from engine.backends.torch_backend import TorchBackend
             from engine.loader import build_edge_sam

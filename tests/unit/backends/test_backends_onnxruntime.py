@@ -303,6 +303,21 @@ def test_checkpoint_export_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert third != first and len(calls) == 2
 
 
+def test_random_weights_leave_no_export_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random weights are exported afresh on every start (nothing to key a cache on): the
+    throwaway folder goes once the sessions hold the model, so restarts do not fill /tmp."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    backend = load_model(None, backend="onnxruntime")
+    assert backend.info.name == "onnxruntime"
+    assert list(tmp_path.glob("edgesam-onnx-*")) == []
+    emb = backend.encode(torch.zeros(1, 3, 1024, 1024))
+    assert emb.shape == (1, 256, 64, 64)
+
+
 def test_torch_decoder_with_onnxruntime_encoder(
     exported, case_a_dir: Path, golden, monkeypatch: pytest.MonkeyPatch
 ) -> None:

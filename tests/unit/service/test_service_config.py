@@ -18,7 +18,27 @@ def test_defaults_work_on_a_laptop(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.api_keys == []
     assert s.role == "all"
     assert s.drain_seconds == 20
-    assert s.backend == "torch"
+    assert (s.backend, s.device) == ("auto", "auto")
+
+
+def test_auto_resolves_to_the_fastest_backend_here(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No GPU and ONNX Runtime installed (as in CI): ONNX Runtime on the CPU. Priors run on the
+    PyTorch model, so they pin auto to torch; explicit values pass through."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert Settings().runtime() == ("onnxruntime", "cpu")
+    priors = tmp_path / "priors.pth"
+    priors.write_bytes(b"x")
+    assert Settings(priors_checkpoint=priors).runtime() == ("torch", "cpu")
+    assert Settings(backend="torch", device="cpu").runtime() == ("torch", "cpu")
+    with pytest.raises(ValueError, match="EDGESAM_PRECISION=fp16 needs a GPU"):
+        Settings(precision="fp16").runtime()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert Settings().runtime() == ("torch", "cuda")  # no tensorrt module here
+    assert Settings(device="cuda:1").runtime() == ("torch", "cuda:1")
 
 
 def test_contract_names_are_read_from_the_environment(
@@ -48,6 +68,7 @@ def test_contract_names_are_read_from_the_environment(
         {"EDGESAM_HTTP_PORT": "0"},
         {"EDGESAM_HTTP_PORT": "eighty"},
         {"EDGESAM_BACKEND": "cuda-magic"},
+        {"EDGESAM_DEVICE": "gpu"},
         {"EDGESAM_REDIS_URL": "http://localhost"},
         {"EDGESAM_API_KEYS": "short"},
         {"EDGESAM_CHECKPOINT": "/nonexistent/edge_sam.pth"},
