@@ -387,6 +387,8 @@ class SegmentationService:
         options: dict[str, object] = {}
         if backend == "torch" and s.torch_threads:
             options["num_threads"] = s.torch_threads
+        if backend == "onnxruntime" and s.torch_threads:  # the CPU runtime `auto` picks
+            options["intra_op_num_threads"] = s.torch_threads
         if backend == "tensorrt":
             options["engine_cache_dir"] = str(s.engine_cache_dir)
         chosen = f"{backend}, chosen by EDGESAM_BACKEND=auto" if s.backend == "auto" else backend

@@ -101,3 +101,31 @@ def test_start_refuses_without_weights(monkeypatch: pytest.MonkeyPatch, tmp_path
         svc.check_startable()
     allowed = SegmentationService(Settings(grpc_port=0, allow_random_weights=True))
     allowed.check_startable()
+
+
+@pytest.mark.parametrize(
+    ("backend", "expected"),
+    [
+        ("auto", ("onnxruntime", "cpu", {"intra_op_num_threads": 1})),
+        ("torch", ("torch", "cpu", {"num_threads": 1})),
+    ],
+)
+def test_load_backend_passes_the_resolved_runtime(
+    monkeypatch: pytest.MonkeyPatch, backend: str, expected: tuple
+) -> None:
+    """`auto` reaches the loader resolved (here: no GPU, so ONNX Runtime on the CPU), and
+    EDGESAM_TORCH_THREADS reaches whichever CPU runtime that is."""
+    import torch
+
+    import engine.loader
+
+    seen: list[tuple] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(
+        engine.loader,
+        "load_model",
+        lambda path, device, backend, precision, **options: seen.append((backend, device, options)),
+    )
+    settings = Settings(grpc_port=0, backend=backend, torch_threads=1)
+    SegmentationService(settings, random_weights=True)._load_backend()
+    assert seen == [expected]
