@@ -1,4 +1,6 @@
-"""RepViT's channel mixer as one Triton kernel: y = x + W2 gelu(W1 x + b1) + b2, per pixel.
+"""RepViT's channel mixer as one Triton kernel: y = x + W2 gelu(W1 x + b1) + b2, per pixel;
+for stride-1 blocks, with the block's depthwise 3x3 token mixer (or squeeze-excite gate) in
+front, so that one kernel runs the whole block.
 
 Why: the fp16 channels_last encoder on a GPU is bound by memory traffic, not arithmetic. Run as
 1x1 conv -> GELU -> 1x1 conv -> residual add, each channel mixer writes its 2C-wide hidden
@@ -28,8 +30,9 @@ from torch import nn
 DEFAULT_MAX_CHANNELS = 192
 _SQRT_HALF = tl.constexpr(0.7071067811865476)  # a jit function reads constexpr globals only
 # (BLOCK_M, BLOCK_H, num_warps, num_stages) tried by the autotuner on the first call per shape.
-# ptxas (sm_90, fp16, whole blocks) fits the 48- and 96-channel kernels in registers at every
-# tile up to 64 rows and the 192-channel one up to 32; larger tiles spill and are left to lose.
+# ptxas (sm_90, fp16; bench/triton_registers.py) keeps the 48- and 96-channel kernels in
+# registers at the 8-warp tiles up to 64 rows and the 192-channel one up to 32 rows; the
+# tiles that spill are left for the autotuner to reject.
 _CUDA_CONFIGS = (
     (16, 32, 4, 2),
     (32, 32, 4, 2),
