@@ -9,11 +9,23 @@ import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional, Tuple, Union
+from typing import (
+    Any,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Dict,
+    List,
+    Optional,
+    Tuple,
+    Union,
+)
 
 from fastapi import FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -199,6 +211,29 @@ def _validation_message(exc: RequestValidationError) -> str:
     return f"{loc or 'body'}: {first.get('msg', 'invalid')}{more}"
 
 
+JSON_TYPE_NEEDED = "the body must be a JSON object sent with 'content-type: application/json'"
+
+
+class JsonTypeRoute(APIRoute):
+    """A route with a JSON body refuses a body sent without any content type, whatever the
+    FastAPI release: FastAPI 0.132+ does (strict_content_type), while the releases that
+    Python 3.8/3.9 get parse such a body as JSON, which would let any web page post to a
+    key-less service on localhost without a CORS preflight. Bodies under another content type
+    reach `_validation_error_of` as bytes on every release."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def checked(request: Request) -> Response:
+            if not request.headers.get("content-type") and await request.body():
+                raise UnsupportedMediaType(JSON_TYPE_NEEDED)
+            return await handler(request)
+
+        return checked
+
+
 def _validation_error_of(exc: RequestValidationError) -> ServiceError:
     """A JSON route's body that failed validation: empty, not sent as JSON (FastAPI parses
     bodies only under an application/json content type, so `curl -d` without one arrives as
@@ -209,9 +244,7 @@ def _validation_error_of(exc: RequestValidationError) -> ServiceError:
         if first.get("type") == "missing":
             return InvalidRequest("the body is empty: send a JSON object")
         if isinstance(first.get("input"), (bytes, bytearray)):
-            return UnsupportedMediaType(
-                "the body must be a JSON object sent with 'content-type: application/json'"
-            )
+            return UnsupportedMediaType(JSON_TYPE_NEEDED)
     return InvalidRequest(_validation_message(exc))
 
 
@@ -246,6 +279,7 @@ def create_app(
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
     )
+    app.router.route_class = JsonTypeRoute  # the routes below
     app.state.service = svc
 
     @app.exception_handler(ServiceError)

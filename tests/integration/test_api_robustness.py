@@ -434,8 +434,20 @@ def test_non_finite_json_numbers_are_invalid_prompts(
         ),
         ("{}", {"content-type": "text/plain"}, 415, "unsupported_media_type"),
         ("{}", {}, 415, "unsupported_media_type"),
+        ("{not json", {}, 415, "unsupported_media_type"),
     ],
-    ids=["empty", "not json", "array", "null", "deep", "long int", "form", "text", "no type"],
+    ids=[
+        "empty",
+        "not json",
+        "array",
+        "null",
+        "deep",
+        "long int",
+        "form",
+        "text",
+        "no type",
+        "no type, not json",
+    ],
 )
 def test_bodies_that_are_not_a_request(
     both: BothTransports, image_id: str, content: str, headers: dict, status: int, code: str
