@@ -17,7 +17,8 @@ from engine.backends.base import BackendUnavailable
 # Runtime encoded in 248-276 ms against PyTorch's 272-276 ms and, with the split decoder,
 # predicted in 24.4 ms against 24.5 ms. Both halves stay in ONNX Runtime: a PyTorch decoder
 # in the same process ran 45.7 ms right after ONNX Runtime's encoder (each runtime's idle
-# threads slow the other's next call).
+# threads slow the other's next call). With another process busy on one of the two cores,
+# ONNX Runtime encoded in 340 ms against PyTorch's 722 ms (README, "Under load").
 CPU_PREFERENCE: tuple[str, ...] = ("onnxruntime", "torch")
 
 
