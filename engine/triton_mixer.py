@@ -9,9 +9,10 @@ again for the add: about 11 passes over a C-wide activation. Here a tile of pixe
 the hidden activation lives in registers a slice at a time, and the output is stored once: 2
 passes. At batch 32 the first stage's activation alone is 200 MB (fp16).
 
-The kernel needs Triton (shipped with CUDA builds of PyTorch); importing this module without it
-raises ImportError. With TRITON_INTERPRET=1 set before the import, the same kernel runs on the
-CPU through Triton's interpreter, which is how the tests check it without a GPU.
+The kernel needs Triton >= 3.0 (shipped with CUDA builds of PyTorch >= 2.4); importing this
+module without it raises ImportError. With TRITON_INTERPRET=1 set before the import, the same
+kernel runs on the CPU through Triton's interpreter, which is how the tests check it without a
+GPU.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import torch
 import triton
 import triton.language as tl
 from torch import nn
+
+if int(triton.__version__.split(".")[0]) < 3:  # tl.dot(input_precision=), the CPU interpreter
+    raise ImportError(f"the Triton kernels need Triton >= 3.0; this is {triton.__version__}")
 
 # Stages whose channel count is at most this get the kernel. Wider mixers (384 channels) run on
 # a 32x32 map where the GEMMs dominate and cuDNN does well; their fp32 accumulator tile

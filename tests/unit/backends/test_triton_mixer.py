@@ -17,9 +17,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 CASE_A_WEIGHTS = REPO.parent / "shared" / "reference" / "case_a" / "weights.safetensors"
 
+
+def triton_major() -> int:
+    """Triton's major version, 0 when it is not installed."""
+    if importlib.util.find_spec("triton") is None:
+        return 0
+    from importlib.metadata import version
+
+    return int(version("triton").split(".")[0])
+
+
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None,
-    reason="Triton is not installed (it ships with CUDA builds of PyTorch; pip install triton)",
+    triton_major() < 3,
+    reason="needs Triton >= 3.0, not installed here (CUDA builds of PyTorch >= 2.4 ship it; "
+    "the dev extra installs it on Linux x86_64)",
 )
 
 
