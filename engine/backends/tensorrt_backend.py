@@ -45,6 +45,7 @@ from engine.backends.trt_logic import (
     split_batches,
     tensorrt_opset,
     unsupported_onnx_ops,
+    weak_precision_refusal,
     write_engine_file,
 )
 
@@ -240,8 +241,11 @@ def build_engines_for(
     if precision not in PRECISIONS:
         raise ValueError(f"TensorRT precision must be one of {PRECISIONS}")
     spec = profile or ProfileSpec()
-    enc, dec, fingerprint = _read_onnx_pair(encoder_path, decoder_path)
     identity = runtime_identity(_cuda_index(device))
+    refusal = weak_precision_refusal(str(identity["tensorrt_version"]), precision)
+    if refusal:
+        raise BackendUnavailable(refusal)
+    enc, dec, fingerprint = _read_onnx_pair(encoder_path, decoder_path)
     progress(
         f"target: {identity['gpu_name']} (sm {identity['compute_capability']}), "
         f"TensorRT {identity['tensorrt_version']}, {precision}"

@@ -311,6 +311,21 @@ def needs_explicit_batch_flag(version: str) -> bool:
     return tensorrt_release(version) < (10, 0)
 
 
+def weak_precision_refusal(version: str, precision: str) -> str | None:
+    """Why this TensorRT cannot build `precision` the way this code builds it, or None.
+
+    Below fp32 the build sets BuilderFlag.FP16 on the fp32 ONNX (weak typing). TensorRT 11
+    removed that flag with all weak typing: it builds only strongly typed networks, whose
+    precision lives in the ONNX graph itself."""
+    if precision != "fp32" and tensorrt_release(version) >= (11, 0):
+        return (
+            f"TensorRT {version} builds only strongly typed networks (BuilderFlag.FP16 was "
+            f"removed in 11.0) and this backend builds {precision} through that flag: install "
+            "TensorRT 10 (`pip install '.[tensorrt]'` pins tensorrt<11) or use precision fp32"
+        )
+    return None
+
+
 def tensorrt_opset(version: str, wanted: int) -> int:
     """The ONNX opset to export for this TensorRT: at most 16 before 8.6, whose ONNX parser
     lacks LayerNormalization (how opset 17 writes layer norm; 16 writes plain arithmetic)."""

@@ -33,6 +33,7 @@ from engine.backends.trt_logic import (
     tensorrt_opset,
     tensorrt_release,
     unsupported_onnx_ops,
+    weak_precision_refusal,
     write_engine_file,
 )
 
@@ -211,6 +212,23 @@ def test_what_each_tensorrt_needs(version, explicit_flag, opset, unsupported) ->
     assert tensorrt_opset(version, 15) == 15  # never raised
     assert unsupported_onnx_ops(version, {"Conv", "LayerNormalization", "Einsum"}) == unsupported
     assert unsupported_onnx_ops(version, {"Conv", "Einsum"}) == []
+
+
+def test_tensorrt_11_fp16_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TensorRT 11 removed BuilderFlag.FP16 (weak typing): fp16 builds are refused with what to
+    do, before any ONNX is read or engine built; fp32, and fp16 on 10.x, are not refused."""
+    import engine.backends.tensorrt_backend as trt_backend
+
+    assert weak_precision_refusal("10.13.3.9", "fp16") is None
+    assert weak_precision_refusal("11.4.0.106", "fp32") is None
+    message = weak_precision_refusal("11.4.0.106", "fp16")
+    assert message is not None and "tensorrt<11" in message and "fp32" in message
+    identity = {"tensorrt_version": "11.4.0.106", "gpu_name": "H100", "compute_capability": "9.0"}
+    monkeypatch.setattr(trt_backend, "runtime_identity", lambda index: identity)
+    with pytest.raises(BackendUnavailable, match="strongly typed"):
+        trt_backend.build_engines_for(tmp_path / "missing_encoder.onnx", precision="fp16")
 
 
 class _FakeParser:
