@@ -40,6 +40,10 @@ _HEADER_LEN = struct.Struct("<4sBI")  # magic, version, json length
 _DTYPES = {"float16": (np.float16, torch.float16), "float32": (np.float32, torch.float32)}
 
 
+# The in-process cache's share (1/N of EDGESAM_LRU_MAX_BYTES) kept for refinement masks.
+MASK_LRU_SHARE = 8
+
+
 class CorruptEntry(ValueError):
     """A cached value whose header or checksum does not hold."""
 
@@ -175,7 +179,11 @@ class TensorCache:
         self.with_priors = with_priors
         self.fingerprint = fingerprint
         self.ttl = ttl_seconds
-        self.lru = ByteLRU(lru_max_bytes)
+        # Refinement masks get their own share of the budget: a request with 64 boxes stores
+        # 16 MB of them, which must not push the embeddings they refine out of the cache.
+        mask_bytes = lru_max_bytes // MASK_LRU_SHARE
+        self.lru = ByteLRU(lru_max_bytes - mask_bytes)
+        self.mask_lru = ByteLRU(mask_bytes)
         self.prefix = key_prefix
         self.dtype = dtype
         self.retry_seconds = retry_seconds
@@ -251,8 +259,11 @@ class TensorCache:
         return None
 
     # -- generic get/put ------------------------------------------------------------------
+    def _lru_of(self, key: str) -> ByteLRU:
+        return self.mask_lru if key.startswith(f"{self.prefix}mask:") else self.lru
+
     async def _get(self, kind: str, key: str, expect: dict[str, Any]) -> tuple[Entry, int] | None:
-        hit = self.lru.get(key, slide_ttl=None if self._redis else self.ttl)
+        hit = self._lru_of(key).get(key, slide_ttl=None if self._redis else self.ttl)
         if hit is not None:
             self.metrics.cache_hits.labels("lru", kind).inc()
             return hit[0], max(int(hit[1]), 0)
@@ -272,14 +283,14 @@ class TensorCache:
                         await self._redis_delete(key)
                     else:
                         self.metrics.cache_hits.labels("redis", kind).inc()
-                        self.lru.put(key, entry, self.ttl)
+                        self._lru_of(key).put(key, entry, self.ttl)
                         self._update_lru_bytes()
                         return entry, self.ttl
         self.metrics.cache_misses.labels(kind).inc()
         return None
 
     async def _put(self, key: str, entry: Entry) -> None:
-        self.lru.put(key, entry, self.ttl)
+        self._lru_of(key).put(key, entry, self.ttl)
         self._update_lru_bytes()
         if self._redis_usable():
             blob = serialize(entry.tensor, entry.meta, self.dtype)
@@ -291,7 +302,7 @@ class TensorCache:
                 self._redis_ok()
 
     async def _exists(self, key: str) -> bool:
-        if self.lru.get(key) is not None:
+        if self._lru_of(key).get(key) is not None:
             return True
         if self._redis_usable():
             try:
@@ -304,7 +315,7 @@ class TensorCache:
         return False
 
     async def _delete(self, key: str) -> bool:
-        found = self.lru.delete(key)
+        found = self._lru_of(key).delete(key)
         self._update_lru_bytes()
         return await self._redis_delete(key) or found
 
@@ -320,7 +331,7 @@ class TensorCache:
         return bool(removed)
 
     def _update_lru_bytes(self) -> None:
-        self.metrics.lru_bytes.set(self.lru.nbytes)
+        self.metrics.lru_bytes.set(self.lru.nbytes + self.mask_lru.nbytes)
 
     # -- embeddings -----------------------------------------------------------------------
     async def get_embedding(self, image_id: str) -> tuple[ImageEmbedding, int] | None:

@@ -172,3 +172,24 @@ def test_no_redis_uses_lru_with_sliding_ttl() -> None:
             assert await cache.get_embedding("img") is not None  # each hit renews the TTL
 
     asyncio.run(run())
+
+
+def test_refinement_masks_never_evict_embeddings() -> None:
+    """Without Redis the LRU is all there is: masks (256 KB each, up to 64 per request) have
+    their own share of the byte budget, so a burst of them evicts older masks, never an
+    embedding; both together stay within EDGESAM_LRU_MAX_BYTES."""
+
+    async def run() -> None:
+        budget = 20 << 20  # 4 MB fp32 embeddings: room for 4 beside the masks' 2.5 MB
+        cache = _cache(Metrics(), None, "x:", lru=budget)
+        for i in range(4):
+            await cache.put_embedding(f"img{i}", _emb(i))
+        for i in range(64):
+            await cache.put_mask(f"m{i}", "img0", torch.randn(1, 256, 256))
+        for i in range(4):
+            assert await cache.get_embedding(f"img{i}") is not None, i
+        assert await cache.get_mask("m63") is not None  # the newest masks stay
+        assert await cache.get_mask("m0") is None  # the oldest went, not an embedding
+        assert cache.lru.nbytes + cache.mask_lru.nbytes <= budget
+
+    asyncio.run(run())
