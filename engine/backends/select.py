@@ -15,10 +15,11 @@ from engine.backends.base import BackendUnavailable
 
 # Order measured with bench/encoder.py (2 threads, case-A weights, each backend alone): ONNX
 # Runtime encoded in 248-276 ms against PyTorch's 272-276 ms and, with the split decoder,
-# predicted in 24.4 ms against 24.5 ms. Both halves stay in ONNX Runtime: a PyTorch decoder
-# in the same process ran 45.7 ms right after ONNX Runtime's encoder (each runtime's idle
-# threads slow the other's next call). With another process busy on one of the two cores,
-# ONNX Runtime encoded in 340 ms against PyTorch's 722 ms (README, "Under load").
+# predicted in 24.4 ms against 24.5 ms. Both halves stay in ONNX Runtime. A PyTorch decoder
+# beside ONNX Runtime's encoder once ran 45.7 ms (idle threads of each runtime slowing the
+# other); a later quiet run found it faster than ONNX Runtime's (14.6 against 20.6 ms), but
+# with another process busy on one of the two cores PyTorch degrades (decode 37 ms, 144 ms
+# worst; encode 722 ms against 340 ms) where ONNX Runtime does not (README, "Under load").
 CPU_PREFERENCE: tuple[str, ...] = ("onnxruntime", "torch")
 
 
