@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     engine_cache_dir: Path = Field(default_factory=lambda: default_cache_root() / "engines")
     torch_threads: Optional[int] = Field(None, ge=1, le=256)
+    # PyTorch on CUDA: torch.compile (1.7x the eager fp16 encoder on an H100; each batch
+    # bucket compiles at start-up, 13-25 s each) and the Triton RepViT kernel (unmeasured).
+    torch_compile: bool = False
+    torch_triton_mixer: bool = False
     priors_checkpoint: Optional[Path] = Field(
         None,
         description="checkpoint with EdgeSAM's granularity-priors head (fpn.*/rpn_head.*): "
@@ -131,6 +135,16 @@ class Settings(BaseSettings):
                 )
             if self.backend not in ("torch", "auto"):
                 raise ValueError("EDGESAM_PRIORS_CHECKPOINT needs EDGESAM_BACKEND=torch")
+        torch_only = [
+            name
+            for name, on in (
+                ("EDGESAM_TORCH_COMPILE", self.torch_compile),
+                ("EDGESAM_TORCH_TRITON_MIXER", self.torch_triton_mixer),
+            )
+            if on
+        ]
+        if torch_only and self.backend not in ("torch", "auto"):
+            raise ValueError(f"{' and '.join(torch_only)} need EDGESAM_BACKEND=torch")
         if self.grpc_port and self.grpc_port == self.http_port:
             raise ValueError("EDGESAM_GRPC_PORT and EDGESAM_HTTP_PORT must differ")
         if self.device.startswith("cpu") and self.precision != "fp32":
@@ -140,7 +154,8 @@ class Settings(BaseSettings):
     def runtime(self) -> Tuple[str, str]:
         """(backend, device) with `auto` resolved on this machine: the device is CUDA when
         PyTorch sees a GPU; the backend is `engine.backends.select`'s choice for that device,
-        or PyTorch when the granularity priors are on (they run on the PyTorch model)."""
+        or PyTorch when an option only PyTorch has is on (granularity priors, which run on the
+        PyTorch model; torch.compile; the Triton kernel)."""
         device = self.device
         if device == "auto":
             import torch
@@ -154,7 +169,10 @@ class Settings(BaseSettings):
         if backend == "auto":
             from engine.backends.select import auto_backend_name
 
-            backend = "torch" if self.priors_checkpoint is not None else auto_backend_name(device)
+            wants_torch = (
+                self.priors_checkpoint is not None or self.torch_compile or self.torch_triton_mixer
+            )
+            backend = "torch" if wants_torch else auto_backend_name(device)
         return backend, device
 
     def api_key_values(self) -> List[bytes]:

@@ -387,6 +387,11 @@ class SegmentationService:
         options: dict[str, object] = {}
         if backend == "torch" and s.torch_threads:
             options["num_threads"] = s.torch_threads
+        if backend == "torch" and s.torch_compile:
+            options["compile"] = True
+            options["compile_warmup_batch"] = s.encode_max_batch
+        if backend == "torch" and s.torch_triton_mixer:
+            options["triton_mixer"] = True
         if backend == "onnxruntime" and s.torch_threads:  # the CPU runtime `auto` picks
             options["intra_op_num_threads"] = s.torch_threads
         if backend == "tensorrt":

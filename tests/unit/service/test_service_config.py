@@ -69,6 +69,8 @@ def test_contract_names_are_read_from_the_environment(
         {"EDGESAM_HTTP_PORT": "eighty"},
         {"EDGESAM_BACKEND": "cuda-magic"},
         {"EDGESAM_DEVICE": "gpu"},
+        {"EDGESAM_BACKEND": "onnxruntime", "EDGESAM_TORCH_COMPILE": "1"},
+        {"EDGESAM_BACKEND": "tensorrt", "EDGESAM_TORCH_TRITON_MIXER": "true"},
         {"EDGESAM_REDIS_URL": "http://localhost"},
         {"EDGESAM_API_KEYS": "short"},
         {"EDGESAM_CHECKPOINT": "/nonexistent/edge_sam.pth"},

@@ -104,17 +104,26 @@ def test_start_refuses_without_weights(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 
 @pytest.mark.parametrize(
-    ("backend", "expected"),
+    ("extra", "expected"),
     [
-        ("auto", ("onnxruntime", "cpu", {"intra_op_num_threads": 1})),
-        ("torch", ("torch", "cpu", {"num_threads": 1})),
+        ({"backend": "auto"}, ("onnxruntime", "cpu", {"intra_op_num_threads": 1})),
+        ({"backend": "torch"}, ("torch", "cpu", {"num_threads": 1})),
+        (
+            {"backend": "auto", "torch_compile": True, "encode_max_batch": 4},
+            ("torch", "cpu", {"num_threads": 1, "compile": True, "compile_warmup_batch": 4}),
+        ),
+        (
+            {"backend": "torch", "torch_triton_mixer": True},
+            ("torch", "cpu", {"num_threads": 1, "triton_mixer": True}),
+        ),
     ],
 )
 def test_load_backend_passes_the_resolved_runtime(
-    monkeypatch: pytest.MonkeyPatch, backend: str, expected: tuple
+    monkeypatch: pytest.MonkeyPatch, extra: dict, expected: tuple
 ) -> None:
-    """`auto` reaches the loader resolved (here: no GPU, so ONNX Runtime on the CPU), and
-    EDGESAM_TORCH_THREADS reaches whichever CPU runtime that is."""
+    """`auto` reaches the loader resolved (here: no GPU, so ONNX Runtime on the CPU, or
+    PyTorch when a PyTorch-only option is on), and EDGESAM_TORCH_THREADS reaches whichever CPU
+    runtime that is."""
     import torch
 
     import engine.loader
@@ -126,6 +135,6 @@ def test_load_backend_passes_the_resolved_runtime(
         "load_model",
         lambda path, device, backend, precision, **options: seen.append((backend, device, options)),
     )
-    settings = Settings(grpc_port=0, backend=backend, torch_threads=1)
+    settings = Settings(grpc_port=0, torch_threads=1, **extra)
     SegmentationService(settings, random_weights=True)._load_backend()
     assert seen == [expected]
