@@ -337,16 +337,20 @@ class TritonRepViTBlock(nn.Module):
     ) -> None:
         super().__init__()
         c = depthwise.in_channels
-        self.depthwise = depthwise
-        self.squeeze_excite = squeeze_excite
         self.mixer = TritonChannelMixer(conv1, conv2)
+        self.squeeze_excite = squeeze_excite
+        # Each path keeps only the depthwise form it runs: the conv (squeeze-excite needs its
+        # output whole) or the kernel's [9, C] taps.
+        in_kernel = squeeze_excite is None
+        self.depthwise = None if in_kernel else depthwise
         with torch.no_grad():
-            self.register_buffer("dw_w", depthwise.weight.reshape(c, 9).t().contiguous())
-            self.register_buffer("dw_b", depthwise.bias.detach().clone())
+            taps = depthwise.weight.reshape(c, 9).t().contiguous() if in_kernel else None
+            self.register_buffer("dw_w", taps)
+            self.register_buffer("dw_b", depthwise.bias.detach().clone() if in_kernel else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        if self.squeeze_excite is None:
+        if self.depthwise is None:
             return self.mixer.mix(x, dw_weight=self.dw_w, dw_bias=self.dw_b, height=h, width=w)
         mixed = self.depthwise(x)
         se = self.squeeze_excite

@@ -385,13 +385,13 @@ class SegmentationService:
         s = self.settings
         backend, device = s.runtime()
         options: dict[str, object] = {}
-        if backend == "torch" and s.torch_threads:
-            options["num_threads"] = s.torch_threads
-        if backend == "torch" and s.torch_compile:
-            options["compile"] = True
-            options["compile_warmup_batch"] = s.encode_max_batch
-        if backend == "torch" and s.torch_triton_mixer:
-            options["triton_mixer"] = True
+        if backend == "torch":
+            if s.torch_threads:
+                options["num_threads"] = s.torch_threads
+            if s.torch_compile:
+                options.update(compile=True, compile_warmup_batch=s.encode_max_batch)
+            if s.torch_triton_mixer:
+                options["triton_mixer"] = True
         if backend == "onnxruntime" and s.torch_threads:  # the CPU runtime `auto` picks
             options["intra_op_num_threads"] = s.torch_threads
         if backend == "tensorrt":

@@ -95,6 +95,22 @@ def _check(
     assert areas == [int(m.sum()) for m in got]
 
 
+def _segment_every_call(  # type: ignore[no-untyped-def]
+    client, backend, golden, image_id: str, embedding, tol: float, max_pixels: int
+) -> dict[str, dict]:
+    """POST every case A prompt for `image_id`; each answer checked against the golden masks
+    (pixels that differ must have reference logits within `tol` of 0). Returns the answers."""
+    answers = {}
+    for name, make in CALLS.items():
+        prompt = make(golden)
+        r = client.post("/v1/segment", json={"image_id": image_id, **prompt})
+        assert r.status_code == 200, r.text
+        answers[name] = r.json()
+        logits = _reference_logits(backend, golden, prompt, embedding)
+        _check(name, answers[name], golden, logits, tol=tol, max_pixels=max_pixels)
+    return answers
+
+
 def test_golden_masks_through_the_service(
     start_service, backend, golden, redis_url: str, redis_prefix: str
 ) -> None:
@@ -108,15 +124,8 @@ def test_golden_masks_through_the_service(
     embedding = encode_images(backend, [golden["image"]])[0]
     np.testing.assert_allclose(embedding.embedding.numpy(), golden["image_embedding"], atol=1e-3)
 
-    answers = {}
-    for name, make in CALLS.items():
-        prompt = make(golden)
-        r = first.client.post("/v1/segment", json={"image_id": image_id, **prompt})
-        assert r.status_code == 200, r.text
-        answers[name] = r.json()
-        logits = _reference_logits(backend, golden, prompt, embedding)
-        # the embedding in this replica's LRU is the encoder's float32 output: exact
-        _check(name, answers[name], golden, logits, tol=1e-4, max_pixels=10)
+    # the embedding in this replica's LRU is the encoder's float32 output: exact
+    answers = _segment_every_call(first.client, backend, golden, image_id, embedding, 1e-4, 10)
     upscaled = golden["p1logits_upscaled_logits"]
     diff = _masks(answers["p1"])[0] != golden["p1_masks"][0]
     assert np.all(np.abs(upscaled[0][diff]) < 1e-4)
@@ -128,12 +137,7 @@ def test_golden_masks_through_the_service(
     hit = second.client.post("/v1/embed", content=png_bytes(golden["image"]), headers=PNG).json()
     assert hit["cached"] is True and hit["image_id"] == image_id
     encodes = second.service.metrics.encoder_latency._sum.get()
-    for name, make in CALLS.items():
-        prompt = make(golden)
-        r = second.client.post("/v1/segment", json={"image_id": image_id, **prompt})
-        assert r.status_code == 200, r.text
-        logits = _reference_logits(backend, golden, prompt, embedding)
-        _check(name, r.json(), golden, logits, tol=1e-3, max_pixels=60)
+    _segment_every_call(second.client, backend, golden, image_id, embedding, 1e-3, 60)
     assert second.service.metrics.encoder_latency._sum.get() == encodes  # no encoder run
     hits = second.service.metrics.cache_hits.labels("redis", "embedding")._value.get()
     assert hits == 1
@@ -192,14 +196,7 @@ def test_golden_masks_through_the_service_on_onnxruntime(
     image_id = r.json()["image_id"]
     embedding = encode_images(ort, [golden["image"]])[0]
     np.testing.assert_allclose(embedding.embedding.numpy(), golden["image_embedding"], atol=1e-4)
-    answers = {}
-    for name, make in CALLS.items():
-        prompt = make(golden)
-        r = rs.client.post("/v1/segment", json={"image_id": image_id, **prompt})
-        assert r.status_code == 200, r.text
-        answers[name] = r.json()
-        logits = _reference_logits(ort, golden, prompt, embedding)
-        _check(name, answers[name], golden, logits, tol=1e-3, max_pixels=20)
+    answers = _segment_every_call(rs.client, ort, golden, image_id, embedding, 1e-3, 20)
     refined = rs.client.post(
         "/v1/segment",
         json={
