@@ -37,7 +37,9 @@ from engine.modeling import EdgeSam
 from engine.modeling.transformer import to_tokens
 
 FORMAT_NAME = "edgesam-serve"
-FORMAT_VERSION = "3"  # 3: adds the split decoder (<name>_decoder_image / _decoder_prompt)
+# 3: adds the split decoder (<name>_decoder_image / _decoder_prompt); 4: the image half's k/v
+# split into heads, the prompt half takes `mask_tokens` and upscales only those masks
+FORMAT_VERSION = "4"
 DEFAULT_OPSET = 17
 ENCODER_INPUTS = ("image",)
 ENCODER_OUTPUTS = ("image_embeddings",)
@@ -53,7 +55,7 @@ DECODER_OUTPUTS = ("low_res_logits", "iou_predictions", "stability_scores")
 # half runs once per embedding (its outputs are cached), the prompt half once per click.
 IMAGE_SIDE_INPUTS = ("image_embeddings",)
 IMAGE_SIDE_OUTPUTS = ("image_tokens", "first_keys", "first_values", "keys_with_pe")
-PROMPT_DECODER_INPUTS = (*IMAGE_SIDE_OUTPUTS, "point_coords", "point_labels")
+PROMPT_DECODER_INPUTS = (*IMAGE_SIDE_OUTPUTS, "point_coords", "point_labels", "mask_tokens")
 STABILITY_OFFSET = 1.0
 
 Progress = Callable[[str], None]
@@ -142,7 +144,9 @@ class ImageSideForExport(nn.Module):
 
 
 class PromptDecoderForExport(nn.Module):
-    """The per-prompt half: a batch of B prompts on the image side of one embedding."""
+    """The per-prompt half: a batch of B prompts on the image side of one embedding, for the
+    mask tokens `mask_tokens` (int64 indices: [0] single mask, [1, 2, 3] multimask, all
+    four), whose masks alone are upscaled."""
 
     def __init__(self, model: EdgeSam) -> None:
         super().__init__()
@@ -159,6 +163,7 @@ class PromptDecoderForExport(nn.Module):
         keys_with_pe: torch.Tensor,
         point_coords: torch.Tensor,
         point_labels: torch.Tensor,
+        mask_tokens: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sparse = self.model.prompt_encoder.embed_labeled_points(point_coords, point_labels)
         grid = image_tokens.new_zeros((1, 1, *self.grid))  # predict_all reads only its size
@@ -169,6 +174,7 @@ class PromptDecoderForExport(nn.Module):
             None,
             (first_keys, first_values, keys_with_pe),
             src_tokens=image_tokens,
+            mask_tokens=mask_tokens,
         )
         return logits, iou, stability_scores_float(logits)
 
@@ -294,13 +300,15 @@ def export_split_decoder(
         *side,
         torch.rand((b, n, 2)) * 1024,
         torch.tensor([[1.0, 0.0, -1.0]] * b),
+        torch.tensor([1, 2, 3]),
     )
     axes = {
         "point_coords": {0: "batch", 1: "num_points"},
         "point_labels": {0: "batch", 1: "num_points"},
-        "low_res_logits": {0: "batch"},
-        "iou_predictions": {0: "batch"},
-        "stability_scores": {0: "batch"},
+        "mask_tokens": {0: "num_masks"},
+        "low_res_logits": {0: "batch", 1: "num_masks"},
+        "iou_predictions": {0: "batch", 1: "num_masks"},
+        "stability_scores": {0: "batch", 1: "num_masks"},
     }
     module = PromptDecoderForExport(model)
     _export(module, example, prompt_path, PROMPT_DECODER_INPUTS, DECODER_OUTPUTS, axes, opset)

@@ -33,6 +33,7 @@ from engine.backends.base import (
     BackendUnavailable,
     UnsupportedPrompt,
 )
+from engine.modeling.mask_decoder import mask_slice
 from engine.tensor_cache import PerTensorCache
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,7 @@ class OnnxRuntimeBackend(Backend):
         beside the decoder and were exported with it (same fingerprint); else the full
         decoder serves every prompt."""
         from engine.export import (
+            FORMAT_VERSION,
             IMAGE_SIDE_OUTPUTS,
             PROMPT_DECODER_INPUTS,
             read_metadata,
@@ -299,6 +301,10 @@ class OnnxRuntimeBackend(Backend):
             meta = read_metadata(path)
             if meta.get("edgesam.role") != role or meta.get("edgesam.fingerprint") != want:
                 log.warning("ignoring %s: not exported with %s", path, self.decoder_path.name)
+                return
+            if meta.get("edgesam.format_version") != FORMAT_VERSION:
+                # the halves' inputs changed between versions; the full decoder serves all
+                log.warning("ignoring %s: split decoder of another export version", path)
                 return
         names = [name for name, _ in plan]
         options = [o for _, o in plan]
@@ -391,15 +397,17 @@ class OnnxRuntimeBackend(Backend):
             return self._torch_decoder.decode(
                 image_embeddings, point_coords, point_labels, mask_input, num_multimask_outputs
             )
-        logits, iou = self._decode_all(image_embeddings, point_coords, point_labels, mask_input)
-        return self.select_outputs(logits, iou, num_multimask_outputs)
+        return self._decode(
+            image_embeddings, point_coords, point_labels, mask_input, num_multimask_outputs
+        )
 
-    def _decode_all(
+    def _decode(
         self,
         image_embeddings: torch.Tensor,
         point_coords: torch.Tensor,
         point_labels: torch.Tensor,
         mask_input: torch.Tensor | None,
+        num_multimask_outputs: int | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         b = point_coords.shape[0]
         if (
@@ -416,15 +424,19 @@ class OnnxRuntimeBackend(Backend):
         if self.format == FORMAT_OFFICIAL:
             if mask_input is not None:
                 raise UnsupportedPrompt("the official ONNX decoder takes no mask_input")
-            return self._decode_official(emb, coords, labels)
+            logits, iou = self._decode_official(emb, coords, labels)
+            return self.select_outputs(logits, iou, num_multimask_outputs)
         if mask_input is None and self._prompt_sess is not None and emb.shape[0] == 1:
             from engine.export import IMAGE_SIDE_OUTPUTS
 
             side = self._image_side(image_embeddings, emb)
             feeds = {name: side[i] for i, name in enumerate(IMAGE_SIDE_OUTPUTS)}
+            # only the requested masks are upscaled (the single mask: a quarter of the work)
+            selected = mask_slice(4 if num_multimask_outputs is None else num_multimask_outputs)
+            tokens = np.arange(selected.start, selected.stop, dtype=np.int64)
             logits, iou = self._prompt_sess.run(
                 ["low_res_logits", "iou_predictions"],
-                {**feeds, "point_coords": coords, "point_labels": labels},
+                {**feeds, "point_coords": coords, "point_labels": labels, "mask_tokens": tokens},
             )
             return torch.from_numpy(logits), torch.from_numpy(iou)
         if mask_input is None:
@@ -444,7 +456,9 @@ class OnnxRuntimeBackend(Backend):
                 "has_mask_input": has,
             },
         )
-        return torch.from_numpy(logits), torch.from_numpy(iou)
+        return self.select_outputs(
+            torch.from_numpy(logits), torch.from_numpy(iou), num_multimask_outputs
+        )
 
     def _decode_official(
         self, emb: np.ndarray, coords: np.ndarray, labels: np.ndarray

@@ -72,9 +72,10 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor | None,
         first_kv: tuple[torch.Tensor, ...] | None = None,
         src_tokens: torch.Tensor | None = None,
-        mask_tokens: slice | None = None,
+        mask_tokens: slice | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All four mask tokens, or just `mask_tokens` (a `mask_slice`).
+        """All four mask tokens, or just `mask_tokens`: a `mask_slice`, or the token indices
+        as an int64 tensor (data, so that one exported graph serves every selection).
 
         image_embeddings 1xCx64x64 (shared by the batch) or BxCx64x64; image_pe 1xCx64x64;
         sparse BxNxC; dense BxCx64x64 or 1xCx64x64 (no-mask broadcast).
@@ -88,7 +89,11 @@ class MaskDecoder(nn.Module):
             (output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings), dim=1
         )
         src = image_embeddings + dense_prompt_embeddings if src_tokens is None else src_tokens
-        selected = slice(0, self.num_mask_tokens) if mask_tokens is None else mask_tokens
+        index = mask_tokens if isinstance(mask_tokens, torch.Tensor) else None
+        if mask_tokens is None or index is not None:
+            selected = slice(0, self.num_mask_tokens)
+        else:
+            selected = mask_tokens
         # Tokens past the last selected mask token only matter until the final attention,
         # whose queries are independent: it runs on [iou, mask tokens ..selected.stop] alone.
         hs, keys = self.transformer(src, image_pe, tokens, first_kv, 1 + selected.stop)
@@ -101,13 +106,16 @@ class MaskDecoder(nn.Module):
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(mlps)],
             dim=1,
         )
+        if index is not None:  # only the chosen tokens' masks are upscaled
+            hyper_in = hyper_in.index_select(1, index)
         if self.fast_upscaling:
             masks = self._upscale_tokens(keys, hyper_in, h, w)
         else:
             upscaled = self.output_upscaling(keys.transpose(1, 2).reshape(b, c, h, w))
             b, c, h, w = upscaled.shape
             masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
-        return masks, self.iou_prediction_head(iou_token_out)[:, selected]
+        iou = self.iou_prediction_head(iou_token_out)[:, selected]
+        return masks, iou if index is None else iou.index_select(1, index)
 
     def _upscale_tokens(
         self, keys: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int

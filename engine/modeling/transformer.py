@@ -64,14 +64,31 @@ class Attention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Attention on already projected q, k, v (BxNxinternal); k/v may have batch 1."""
-        q, k, v = self._split(q), self._split(k), self._split(v)
-        if k.shape[0] != q.shape[0]:
-            k = k.expand(q.shape[0], -1, -1, -1)
-            v = v.expand(q.shape[0], -1, -1, -1)
-        out = F.scaled_dot_product_attention(q, k, v, **sdpa_scale(1.0 / math.sqrt(q.shape[-1])))
-        b, h, n, c = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+        """Attention on already projected q (BxNqxinternal) and k, v (BxNkxinternal, or split
+        into heads as BxheadsxNkxd by `split_heads`). Either side may have batch 1, shared by
+        every prompt of the other."""
+        qh = self._split(q)
+        kh = k if k.ndim == 4 else self._split(k)
+        vh = v if v.ndim == 4 else self._split(v)
+        b, nq = max(qh.shape[0], kh.shape[0]), qh.shape[2]
+        if min(qh.shape[0], kh.shape[0]) not in (1, b):
+            raise ValueError("q and k/v batches must match or one of them be 1")
+        shared_keys = kh.shape[0] == 1 and b > 1
+        if shared_keys:
+            # The prompts' queries become rows of one attention on the shared keys: no copy
+            # of the keys per prompt (an Expand to the prompt batch in the ONNX graph).
+            qh = qh.transpose(0, 1).reshape(1, self.num_heads, b * nq, -1)
+        elif qh.shape[0] != b:
+            qh = qh.expand(b, -1, -1, -1)  # shared image positions attending to each prompt
+        scale = sdpa_scale(1.0 / math.sqrt(qh.shape[-1]))
+        out = F.scaled_dot_product_attention(qh, kh, vh, **scale)
+        if shared_keys:
+            out = out.reshape(self.num_heads, b, nq, -1).transpose(0, 1)
+        return self.out_proj(out.transpose(1, 2).reshape(b, nq, self.internal_dim))
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """BxNxinternal projections -> contiguous Bxheadsx Nxd, the layout `attend` reads."""
+        return self._split(x).contiguous()
 
     def forward(
         self,
@@ -131,8 +148,10 @@ class Attention(nn.Module):
         k_in_query_space = torch.einsum("bhtd,hdc->bhtc", kh * scale, wq).reshape(b, h * nk, -1)
         bias = torch.einsum("bhtd,hd->bht", kh * scale, self.q_proj.bias.reshape(h, -1))
         nq = q.shape[1]
-        q = q.expand(b, -1, -1) if q.shape[0] != b else q
-        scores = torch.baddbmm(bias.reshape(b, 1, h * nk), q, k_in_query_space.transpose(1, 2))
+        if q.shape[0] == b:
+            scores = torch.baddbmm(bias.reshape(b, 1, h * nk), q, k_in_query_space.transpose(1, 2))
+        else:  # image positions shared by the prompts: broadcast, never copied per prompt
+            scores = torch.matmul(q, k_in_query_space.transpose(1, 2)) + bias.reshape(b, 1, -1)
         attn = _softmax_last(scores.reshape(b, nq * h, nk))
         # out = sum_h attn_h (v Wv_h + bv_h) Wo_h^T + bo, folded into one product.
         vh = self._split(self.v_proj(v))  # B h Nk d
@@ -144,8 +163,7 @@ class Attention(nn.Module):
         # Each head's attention row sums to one, so the rows of attn sum to h: adding bo / h
         # to every row of v_out adds bo once, and the residual rides in the same product.
         v_out = v_out + self.out_proj.bias / h
-        residual = residual.expand(b, -1, -1) if residual.shape[0] != b else residual
-        return torch.baddbmm(residual, attn.reshape(b, nq, h * nk), v_out)
+        return torch.baddbmm(residual, attn.reshape(b, nq, h * nk), v_out)  # residual broadcasts
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -209,9 +227,7 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        if k.shape[0] != q.shape[0]:
-            k = k.expand(q.shape[0], -1, -1)
-            keys = keys.expand(q.shape[0], -1, -1)
+        # k and keys may still be shared by the batch (1xHWxC): the attention broadcasts them
         keys = self.norm4(self.cross_attn_image_to_token(k, q, queries, residual=keys))
         return queries, keys
 
@@ -248,14 +264,15 @@ class TwoWayTransformer(nn.Module):
     def first_keys_kv(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """k/v projections of the first block's token->image attention for one image, and
-        the keys plus their positional encoding
+        """k/v projections of the first block's token->image attention for one image, split
+        into heads (1xheadsxHWxd), and the keys plus their positional encoding
         (1xCxHxW embedding with the no-mask dense prompt already added)."""
         keys = to_tokens(image_embedding)
         pe = to_tokens(image_pe)
         attn = self.layers[0].cross_attn_token_to_image
         keys_with_pe = keys + pe
-        return attn.k_proj(keys_with_pe), attn.v_proj(keys), keys_with_pe
+        k, v = attn.k_proj(keys_with_pe), attn.v_proj(keys)
+        return attn.split_heads(k), attn.split_heads(v), keys_with_pe
 
     def forward(
         self,

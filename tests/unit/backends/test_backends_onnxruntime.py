@@ -373,7 +373,7 @@ def test_split_decoder_equals_the_full_graph(exported, ort_ours, ours_embedding)
     torch.manual_seed(3)
     coords = torch.rand(3, 4, 2) * 1024
     labels = torch.tensor([[1, 0, 2, 3], [1, -1, -1, -1], [0, 1, 1, -1]])
-    for n in (None, 1, 3):
+    for n in (None, 1, 3, 4):
         a_logits, a_iou = ort_ours.decode(ours_embedding, coords, labels, None, n)
         b_logits, b_iou = full.decode(ours_embedding, coords, labels, None, n)
         assert a_logits.shape == b_logits.shape
@@ -384,6 +384,21 @@ def test_split_decoder_equals_the_full_graph(exported, ort_ours, ours_embedding)
     b_logits, _ = full.decode(ours_embedding, coords, labels, mask)
     assert torch.equal(a_logits, b_logits)
     full.close()
+
+
+def test_split_decoder_upscales_only_the_requested_masks(ort_ours, ours_embedding) -> None:
+    from engine.export import IMAGE_SIDE_OUTPUTS
+
+    side = ort_ours._image_side(ours_embedding, ours_embedding.numpy())
+    feeds = dict(zip(IMAGE_SIDE_OUTPUTS, side))
+    feeds["point_coords"] = np.array([[[300.0, 200.0]], [[10.0, 900.0]]], np.float32)
+    feeds["point_labels"] = np.ones((2, 1), np.float32)
+    every = ort_ours._prompt_sess.run(None, {**feeds, "mask_tokens": np.arange(4)})
+    for tokens in ([0], [1, 2, 3], [2]):
+        some = ort_ours._prompt_sess.run(None, {**feeds, "mask_tokens": np.array(tokens)})
+        assert [o.shape[:2] for o in some] == [(2, len(tokens))] * 3
+        for got, whole in zip(some, every):
+            np.testing.assert_allclose(got, whole[:, tokens], atol=1e-5)
 
 
 def test_split_decoder_runs_the_image_half_once_per_embedding(exported) -> None:
@@ -407,7 +422,10 @@ def test_split_decoder_runs_the_image_half_once_per_embedding(exported) -> None:
     backend.close()
 
 
-def test_split_files_from_another_export_are_ignored(exported, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "stale", [{"edgesam.fingerprint": "0" * 16}, {"edgesam.format_version": "3"}]
+)
+def test_split_files_from_another_export_are_ignored(exported, tmp_path: Path, stale) -> None:
     import shutil
 
     from engine.export import _add_metadata, read_metadata, split_decoder_paths
@@ -420,7 +438,7 @@ def test_split_files_from_another_export_are_ignored(exported, tmp_path: Path) -
         shutil.copy(path, tmp_path / path.name)
     image_path, _ = split_decoder_paths(tmp_path / exported["decoder"].name)
     meta = read_metadata(image_path)
-    _add_metadata(image_path, {**meta, "edgesam.fingerprint": "0" * 16})
+    _add_metadata(image_path, {**meta, **stale})
     backend = OnnxRuntimeBackend(tmp_path / exported["encoder"].name, intra_op_num_threads=2)
     assert backend.info.details["split_decoder"] == "false"
     backend.close()

@@ -47,6 +47,55 @@ def test_fast_decoder_equals_textbook_decoder():
         assert torch.allclose(again[0], first[0], atol=1e-4)
 
 
+@pytest.mark.parametrize("num_points", [3, 20])  # 20: past the few-keys factoring
+@pytest.mark.parametrize("textbook", [False, True])
+def test_a_batch_on_one_shared_embedding_equals_each_prompt_alone(num_points, textbook):
+    """The image side (batch 1) is broadcast to the prompt batch, never copied per prompt:
+    each prompt's answer must not depend on the others in its batch."""
+    model = _random_model(2).eval()
+    model = _textbook(model).eval() if textbook else model
+    emb = torch.randn(1, 256, 64, 64)
+    coords = torch.rand(4, num_points, 2) * 1024
+    labels = torch.randint(0, 2, (4, num_points))
+    mask = torch.randn(4, 1, 256, 256)
+    with torch.inference_mode():
+        for mi in (None, mask):
+            logits, iou = model.decode(emb, coords, labels, mi)
+            for i in range(4):
+                one = None if mi is None else mi[i : i + 1]
+                alone = model.decode(emb.clone(), coords[i : i + 1], labels[i : i + 1], one)
+                assert torch.allclose(logits[i : i + 1], alone[0], atol=1e-4)
+                assert torch.allclose(iou[i : i + 1], alone[1], atol=1e-5)
+            # the same embedding given once per prompt answers the same
+            per_prompt = model.decode(emb.expand(4, -1, -1, -1).clone(), coords, labels, mi)
+            assert torch.allclose(logits, per_prompt[0], atol=1e-4)
+
+
+def test_attention_broadcasts_a_shared_side():
+    torch.manual_seed(3)
+    attn = Attention(256, 8, downsample_rate=2).eval()
+    tokens = torch.randn(3, 7, 256)
+    image = torch.randn(1, 4096, 256)
+    with torch.inference_mode():
+        for factorized in (True, False):
+            attn.factorized = factorized
+            # tokens -> shared image positions, and shared image positions -> tokens
+            expanded = image.expand(3, -1, -1)
+            assert torch.allclose(
+                attn(tokens, image, image), attn(tokens, expanded, expanded), atol=1e-5
+            )
+            assert torch.allclose(
+                attn(image, tokens, tokens, residual=image),
+                attn(expanded, tokens, tokens, residual=expanded),
+                atol=1e-5,
+            )
+        k, v = attn.k_proj(image), attn.v_proj(image)
+        split = attn.attend(attn.q_proj(tokens), attn.split_heads(k), attn.split_heads(v))
+        assert torch.allclose(split, attn.attend(attn.q_proj(tokens), k, v), atol=1e-6)
+        with pytest.raises(ValueError, match="batch"):
+            attn.attend(attn.q_proj(tokens), k.expand(2, -1, -1), v.expand(2, -1, -1))
+
+
 def test_selected_mask_tokens_equal_the_slice_of_all_four():
     from engine.modeling import mask_slice
 
