@@ -289,11 +289,11 @@ class TensorCache:
         self.metrics.cache_misses.labels(kind).inc()
         return None
 
-    async def _put(self, key: str, entry: Entry) -> None:
+    async def _put(self, key: str, entry: Entry, dtype: str | None = None) -> None:
         self._lru_of(key).put(key, entry, self.ttl)
         self._update_lru_bytes()
         if self._redis_usable():
-            blob = serialize(entry.tensor, entry.meta, self.dtype)
+            blob = serialize(entry.tensor, entry.meta, dtype or self.dtype)
             try:
                 await self._redis.set(key, blob, ex=self.ttl)  # type: ignore[union-attr]
             except (TimeoutError, RedisError, OSError) as exc:
@@ -368,11 +368,13 @@ class TensorCache:
             "original_size": list(emb.original_size),
             "input_size": list(emb.input_size),
         }
-        tensor = emb.embedding.detach().float().contiguous()
+        tensor = self._as_stored(emb.embedding)
         await self._put(self.embedding_key(image_id), Entry(tensor, meta))
         if emb.proposals is not None:
+            # a few boxes: float32, whose pixel coordinates float16 would round by up to 0.5
             boxes = emb.proposals.detach().float().reshape(-1, 5).contiguous()
-            await self._put(self.priors_key(image_id), Entry(boxes, self._expect("priors")))
+            entry = Entry(boxes, self._expect("priors"))
+            await self._put(self.priors_key(image_id), entry, "float32")
 
     async def has_embedding(self, image_id: str) -> bool:
         return await self._exists(self.embedding_key(image_id))
@@ -393,11 +395,16 @@ class TensorCache:
 
     async def put_mask(self, mask_id: str, image_id: str, logits: torch.Tensor) -> None:
         meta = {**self._expect("mask"), "image_id": image_id}
-        tensor = logits.detach().float().reshape(1, 256, 256)
-        # Masks are stored as Redis keeps them, so refinement is the same on every replica.
+        tensor = self._as_stored(logits.reshape(1, 256, 256))
+        await self._put(self.mask_key(mask_id), Entry(tensor, meta))
+
+    def _as_stored(self, tensor: torch.Tensor) -> torch.Tensor:
+        """float32 holding exactly what Redis keeps (`dtype`): the LRU and Redis then give
+        the same answer, on this replica and every other, before and after an eviction."""
+        tensor = tensor.detach().float()
         if self.dtype == "float16":
             tensor = tensor.half().float()
-        await self._put(self.mask_key(mask_id), Entry(tensor.contiguous(), meta))
+        return tensor.contiguous()
 
     def _expect(self, kind: str) -> dict[str, Any]:
         return {"kind": kind, "fingerprint": self.fingerprint}

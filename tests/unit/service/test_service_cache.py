@@ -193,3 +193,31 @@ def test_refinement_masks_never_evict_embeddings() -> None:
         assert cache.lru.nbytes + cache.mask_lru.nbytes <= budget
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_every_tier_answers_what_redis_keeps(redis_url: str, redis_prefix: str, dtype: str) -> None:
+    """The replica that encoded (LRU), another replica (Redis), and the same replica after
+    an eviction must decode from the same numbers: the LRU holds what Redis keeps."""
+
+    async def run() -> None:
+        a = _cache(Metrics(), redis_url, redis_prefix, dtype=dtype, with_priors=True)
+        b = _cache(Metrics(), redis_url, redis_prefix, dtype=dtype, with_priors=True)
+        emb = _emb(7)
+        boxes = torch.tensor([[10.3, 20.7, 1000.1, 1023.9, 0.83]])
+        emb = ImageEmbedding(emb.embedding, emb.original_size, emb.input_size, boxes)
+        await a.put_embedding("img", emb)
+        here = (await a.get_embedding("img"))[0]  # type: ignore[index]
+        there = (await b.get_embedding("img"))[0]  # type: ignore[index]
+        assert torch.equal(here.embedding, there.embedding)
+        want = emb.embedding.half().float() if dtype == "float16" else emb.embedding
+        assert torch.equal(here.embedding, want)
+        # priors are a few boxes in pixels: kept in float32 whatever the dtype
+        assert torch.equal(there.proposals, boxes)  # type: ignore[arg-type]
+        logits = torch.randn(1, 256, 256)
+        await a.put_mask("m", "img", logits)
+        assert torch.equal((await a.get_mask("m"))[0], (await b.get_mask("m"))[0])  # type: ignore[index]
+        await a.close()
+        await b.close()
+
+    asyncio.run(run())
