@@ -330,7 +330,8 @@ class SegmentationService:
                     "RUNNING WITH RANDOM WEIGHTS: masks are meaningless. %s", GET_WEIGHTS_HINT
                 )
             backend = self.backend
-            await to_thread(backend.warmup)
+            # a decoder-only replica never encodes: warming the encoder would only cost memory
+            await to_thread(backend.warmup, self.settings.role != "decoder")
             health = await to_thread(backend.health)
             if not health.ok:
                 raise BackendError(f"warm-up health check failed: {health.error}")

@@ -61,6 +61,12 @@ class BackendHealth:
         return out
 
 
+def _probe_prompt() -> tuple[torch.Tensor, torch.Tensor]:
+    """One point and a padding point: what warm-up and health checks decode."""
+    coords = torch.tensor([[[512.0, 512.0], [0.0, 0.0]]])
+    return coords, torch.tensor([[1, -1]], dtype=torch.int64)
+
+
 class Backend(ABC):
     """encode / decode / warmup / health. Implementations are safe to call from several
     threads at once unless `info.details["thread_safe"] == "false"`."""
@@ -110,20 +116,22 @@ class Backend(ABC):
     def fingerprint(self) -> str:
         return self.info.fingerprint
 
-    def warmup(self) -> None:
-        """Run each half once so the first request pays no lazy initialisation."""
-        emb = self.encode(torch.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE)))
-        coords = torch.tensor([[[512.0, 512.0], [0.0, 0.0]]])
-        labels = torch.tensor([[1, -1]], dtype=torch.int64)
-        self.decode(emb, coords, labels)
+    def warmup(self, encoder: bool = True) -> None:
+        """Run each half once so the first request pays no lazy initialisation; the decoder
+        alone with `encoder=False` (a decoder-only replica, where an encode would only grow
+        memory: ~110 MB of ONNX Runtime arena)."""
+        if encoder:
+            emb = self.encode(torch.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE)))
+        else:
+            emb = torch.zeros((1, *EMBED_SHAPE))
+        self.decode(emb, *_probe_prompt())
 
     def health(self) -> BackendHealth:
         """Prove the device answers: one small decode on a zero embedding, checked finite."""
         start = time.perf_counter()
         try:
             emb = torch.zeros((1, *EMBED_SHAPE))
-            coords = torch.tensor([[[512.0, 512.0], [0.0, 0.0]]])
-            labels = torch.tensor([[1, -1]], dtype=torch.int64)
+            coords, labels = _probe_prompt()
             logits, iou = self.decode(emb, coords, labels)
             if logits.shape != (1, 4, LOW_RES_SIZE, LOW_RES_SIZE) or not torch.isfinite(iou).all():
                 raise BackendError("decode returned malformed or non-finite output")

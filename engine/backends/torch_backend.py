@@ -125,12 +125,12 @@ class TorchBackend(Backend):
                 encoder = encoder.to(memory_format=torch.channels_last)
         return encoder.to(self.device, self.dtype)
 
-    def warmup(self) -> None:
+    def warmup(self, encoder: bool = True) -> None:
         """The base warm-up; with `compile=True` on CUDA also every power-of-two batch bucket
         up to `compile_warmup_batch` (the batcher's largest batch): each compiles once, 13-25 s
         on an H100, at start-up rather than on a request. (On a CPU they compile when used.)"""
-        super().warmup()
-        if self._compiled is None or self.device.type != "cuda":
+        super().warmup(encoder)
+        if not encoder or self._compiled is None or self.device.type != "cuda":
             return
         bucket = 2
         while bucket < 2 * self._compile_warmup_batch:

@@ -414,9 +414,9 @@ class SlowStart(FakeBackend):
         super().__init__()
         self.release = threading.Event()
 
-    def warmup(self) -> None:
+    def warmup(self, encoder: bool = True) -> None:
         self.release.wait(30)
-        super().warmup()
+        super().warmup(encoder)
 
 
 def test_health_follows_loading_and_draining(start_grpc_service) -> None:  # noqa: ANN001

@@ -92,6 +92,21 @@ def test_concurrent_embeds_of_one_image_run_the_encoder_once() -> None:
     asyncio.run(run())
 
 
+@pytest.mark.parametrize("role", ["all", "encoder", "decoder"])
+def test_only_replicas_that_encode_warm_the_encoder(role: str) -> None:
+    async def run() -> None:
+        backend = FakeBackend()
+        svc = SegmentationService(
+            Settings(grpc_port=0, role=role), backend=backend, random_weights=False
+        )
+        await svc.start()
+        assert svc.ready
+        assert backend.encode_calls == (0 if role == "decoder" else 1)
+        await svc.close()
+
+    asyncio.run(run())
+
+
 def test_start_refuses_without_weights(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("EDGESAM_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.delenv("EDGESAM_CHECKPOINT", raising=False)
