@@ -3,13 +3,17 @@
 Structure is checked here (types, lengths, enums, unknown fields); checks that need the image
 (coordinates inside it, point counts against the configured limits) live in the core, so the
 HTTP and gRPC transports reject exactly the same prompts.
+
+The request models are strict: JSON `true` is not a label or a mask count, and "10" is not a
+coordinate (an int is still a float).
 """
 
 # No `from __future__ import annotations`: pydantic evaluates these annotations at run time;
 # typing's Optional/List/Tuple keep them valid on Python 3.8 (JetPack 5).
 from typing import Dict, List, Literal, Optional, Tuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic_core import PydanticCustomError
 
 from service.compat import Annotated
 
@@ -18,12 +22,38 @@ ImageId = Annotated[
 ]
 MaskId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="id of stored mask logits")]
 OutputFormat = Literal["rle", "png", "polygons"]
-Point = Tuple[float, float]
-Box = Tuple[float, float, float, float]
+# Strict(False) on the tuples only: JSON arrays arrive as lists (FastAPI validates the parsed
+# body as Python objects, where strict tuples would refuse a list); the numbers stay strict.
+Point = Annotated[Tuple[float, float], Strict(False)]
+Box = Annotated[Tuple[float, float, float, float], Strict(False)]
+
+
+def _exact_int(expected: str) -> BeforeValidator:
+    """Literal ints compare by value even in strict mode (True == 1, 1.0 == 1): refuse any
+    input that is not an int (a bool is not)."""
+
+    def check(value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PydanticCustomError(
+                "literal_error", "Input should be {expected}", {"expected": expected}
+            )
+        return value
+
+    return BeforeValidator(check)
+
+
+Label = Annotated[Literal[0, 1], _exact_int("0 or 1")]
+NumMasks = Annotated[Literal[1, 3, 4], _exact_int("1, 3 or 4")]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _StrictRequest(_Strict):
+    """A request: no unknown fields and no type coercion (pydantic strict mode)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class EmbedResult(_Strict):
@@ -34,12 +64,12 @@ class EmbedResult(_Strict):
     expires_in: int = Field(description="seconds until the cached embedding expires")
 
 
-class SegmentRequest(_Strict):
+class SegmentRequest(_StrictRequest):
     image_id: ImageId
     points: Optional[List[Point]] = Field(
         None, description="[[x, y], ...] in original image pixels", max_length=4096
     )
-    labels: Optional[List[Literal[0, 1]]] = Field(
+    labels: Optional[List[Label]] = Field(
         None, description="one per point: 1 foreground, 0 background", max_length=4096
     )
     box: Optional[Box] = Field(None, description="[x0, y0, x1, y1] in original image pixels")
@@ -49,7 +79,7 @@ class SegmentRequest(_Strict):
     mask_input_id: Optional[MaskId] = Field(
         None, description="refine from a previous answer's mask_input_id"
     )
-    num_masks: Literal[1, 3, 4] = Field(
+    num_masks: NumMasks = Field(
         1, description="1: the single-mask token; 3: the three multimask tokens; 4: all four"
     )
     output: List[OutputFormat] = Field(default_factory=lambda: ["rle"], min_length=1)
@@ -92,7 +122,7 @@ class SegmentResult(_Strict):
     )
 
 
-class EverythingRequest(_Strict):
+class EverythingRequest(_StrictRequest):
     image_id: ImageId
     points_per_side: int = Field(32, ge=1, le=64)
     points_per_batch: int = Field(64, ge=1, le=256)

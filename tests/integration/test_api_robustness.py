@@ -571,3 +571,75 @@ def test_expired_embedding_is_not_found_on_both_transports(
         NOT_FOUND,
         "embedding_not_found",
     )
+
+
+# -- strict types ----------------------------------------------------------------------------
+
+# name -> (route, body fields beside image_id, the field the message names); each was coerced
+# by pydantic's lax mode (true as 1, "3" as 3, "yes" as true), and each is 422 invalid_request
+LAX_TYPES: dict[str, tuple[str, dict, str]] = {
+    "label true": ("/v1/segment", {"points": [[10, 20]], "labels": [True]}, "labels"),
+    "label false": ("/v1/segment", {"points": [[10, 20]], "labels": [False]}, "labels"),
+    "label 1.0": ("/v1/segment", {"points": [[10, 20]], "labels": [1.0]}, "labels"),
+    "label '1'": ("/v1/segment", {"points": [[10, 20]], "labels": ["1"]}, "labels"),
+    "num_masks true": ("/v1/segment", {"box": [0, 0, 5, 5], "num_masks": True}, "num_masks"),
+    "num_masks '3'": ("/v1/segment", {"box": [0, 0, 5, 5], "num_masks": "3"}, "num_masks"),
+    "num_masks 3.0": ("/v1/segment", {"box": [0, 0, 5, 5], "num_masks": 3.0}, "num_masks"),
+    "point strings": ("/v1/segment", {"points": [["10", "20"]], "labels": [1]}, "points"),
+    "point true": ("/v1/segment", {"points": [[True, 20]], "labels": [1]}, "points"),
+    "box strings": ("/v1/segment", {"box": ["0", "0", "5", "5"]}, "box"),
+    "use_priors 'yes'": (
+        "/v1/segment",
+        {"box": [0, 0, 5, 5], "use_priors": "yes"},
+        "use_priors",
+    ),
+    "use_priors 1": ("/v1/segment", {"box": [0, 0, 5, 5], "use_priors": 1}, "use_priors"),
+    "points_per_side true": ("/v1/everything", {"points_per_side": True}, "points_per_side"),
+    "points_per_side '8'": ("/v1/everything", {"points_per_side": "8"}, "points_per_side"),
+    "points_per_side 8.0": ("/v1/everything", {"points_per_side": 8.0}, "points_per_side"),
+    "pred_iou_thresh '0.5'": ("/v1/everything", {"pred_iou_thresh": "0.5"}, "pred_iou_thresh"),
+}
+
+
+@pytest.mark.parametrize("name", list(LAX_TYPES))
+def test_request_types_are_strict(both: BothTransports, image_id: str, name: str) -> None:
+    route, fields, field = LAX_TYPES[name]
+    r = both.http.post(route, json={"image_id": image_id, **fields})
+    http_error(r, 422, "invalid_request")
+    assert r.json()["message"].startswith(field), r.json()
+
+
+def test_ints_are_still_numbers_and_grpc_still_converts(
+    both: BothTransports, image_id: str
+) -> None:
+    """Strict mode takes an int where a float is expected; and the gRPC conversions (repeated
+    fields, optional scalars, enums) build the strict models as before."""
+    body = {
+        "image_id": image_id,
+        "points": [[10, 20], [30.5, 7]],
+        "labels": [1, 0],
+        "box": [0, 0, 40, 30],
+        "num_masks": 3,
+        "use_priors": False,
+        "output": ["rle", "png"],
+    }
+    r = both.http.post("/v1/segment", json=body)
+    assert r.status_code == 200, r.text
+    request = pb.SegmentRequest(
+        image_id=image_id,
+        points=_pts((10, 20), (30.5, 7)),
+        labels=[1, 0],
+        box=_box(0, 0, 40, 30),
+        num_masks=3,
+        use_priors=False,
+        outputs=[pb.OUTPUT_FORMAT_RLE, pb.OUTPUT_FORMAT_PNG],
+    )
+    g = both.stub.Segment(request, timeout=30)
+    assert [m.rle.counts for m in g.masks] == [m["rle"]["counts"] for m in r.json()["masks"]]
+    params = {"points_per_side": 4, "points_per_batch": 8, "pred_iou_thresh": 0, "max_masks": 3}
+    r = both.http.post("/v1/everything", json={"image_id": image_id, **params})
+    assert r.status_code == 200, r.text
+    g = both.stub.SegmentEverything(
+        pb.EverythingRequest(image_id=image_id, **params, stability_score_offset=1), timeout=60
+    )
+    assert len(g.masks) == len(r.json()["masks"])
