@@ -6,16 +6,26 @@ HTTP and gRPC transports reject exactly the same prompts.
 
 The request models are strict: JSON `true` is not a label or a mask count, and "10" is not a
 coordinate (an int is still a float).
+
+Too many prompts is invalid_prompt whatever the count: the core refuses more than the
+configured max_points / max_boxes, naming the limit; lists beyond the most any server may be
+configured to take (POINTS_CAP, BOXES_CAP) are refused here, from their length alone, before
+any item is validated (a hostile 1 MiB body of bad items would otherwise cost ~1 s and
+~300 MB of validation errors).
 """
 
 # No `from __future__ import annotations`: pydantic evaluates these annotations at run time;
 # typing's Optional/List/Tuple keep them valid on Python 3.8 (JetPack 5).
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 from pydantic_core import PydanticCustomError
 
 from service.compat import Annotated
+from service.errors import InvalidPrompt
+
+POINTS_CAP = 4096  # the largest EDGESAM_MAX_POINTS (points, and labels: one per point)
+BOXES_CAP = 1024  # the largest EDGESAM_MAX_BOXES
 
 ImageId = Annotated[
     str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the image bytes (hex)")
@@ -67,14 +77,16 @@ class EmbedResult(_Strict):
 class SegmentRequest(_StrictRequest):
     image_id: ImageId
     points: Optional[List[Point]] = Field(
-        None, description="[[x, y], ...] in original image pixels", max_length=4096
+        None, description="[[x, y], ...] in original image pixels (at most the server's max_points)"
     )
     labels: Optional[List[Label]] = Field(
-        None, description="one per point: 1 foreground, 0 background", max_length=4096
+        None, description="one per point: 1 foreground, 0 background"
     )
     box: Optional[Box] = Field(None, description="[x0, y0, x1, y1] in original image pixels")
     boxes: Optional[List[Box]] = Field(
-        None, description="several boxes, one result each, decoded as one batch", max_length=1024
+        None,
+        description="several boxes, one result each, decoded as one batch (at most the "
+        "server's max_boxes)",
     )
     mask_input_id: Optional[MaskId] = Field(
         None, description="refine from a previous answer's mask_input_id"
@@ -88,6 +100,25 @@ class SegmentRequest(_StrictRequest):
         description="where the service runs with granularity priors: add the best proposal "
         "containing the first foreground point as a box to a point-only prompt",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cap_prompt_lists(cls, data: Any) -> Any:
+        """More prompts than any server takes: invalid_prompt, as the configured limits
+        answer in the core, decided from the list's length before its items are validated."""
+        if isinstance(data, dict):
+            for field, cap, setting in (
+                ("points", POINTS_CAP, "max_points"),
+                ("labels", POINTS_CAP, "max_points"),
+                ("boxes", BOXES_CAP, "max_boxes"),
+            ):
+                value = data.get(field)
+                if isinstance(value, (list, tuple)) and len(value) > cap:
+                    raise InvalidPrompt(
+                        f"{len(value)} {field}; at most {cap} are accepted "
+                        f"(fewer where the server's {setting} is lower)"
+                    )
+        return data
 
 
 class Rle(_Strict):

@@ -643,3 +643,76 @@ def test_ints_are_still_numbers_and_grpc_still_converts(
         pb.EverythingRequest(image_id=image_id, **params, stability_score_offset=1), timeout=60
     )
     assert len(g.masks) == len(r.json()["masks"])
+
+
+# -- prompt counts beyond the schema's old caps ------------------------------------------------
+
+
+# name -> (HTTP body fields, gRPC SegmentRequest fields, words the message must hold): more
+# prompts than the configured limits (8 points, 4 boxes here) are invalid_prompt whatever the
+# count; beyond the schema's caps (4096 points or labels, 1024 boxes: the largest limits a
+# server takes) they were invalid_request
+TOO_MANY_PROMPTS: dict[str, tuple[dict, dict, str]] = {
+    "4096 points": (
+        {"points": [[1, 1]] * 4096, "labels": [1] * 4096},
+        {"points": _pts(*[(1, 1)] * 4096), "labels": [1] * 4096},
+        "4096 points; at most 8 are accepted",
+    ),
+    "4097 points": (
+        {"points": [[1, 1]] * 4097, "labels": [1] * 4097},
+        {"points": _pts(*[(1, 1)] * 4097), "labels": [1] * 4097},
+        "4097 points; at most 4096 are accepted",
+    ),
+    "5000 labels for one point": (
+        {"points": [[1, 1]], "labels": [1] * 5000},
+        {"points": _pts((1, 1)), "labels": [1] * 5000},
+        "5000 labels; at most 4096 are accepted",
+    ),
+    "1024 boxes": (
+        {"boxes": [[0, 0, 5, 5]] * 1024},
+        {"boxes": [_box(0, 0, 5, 5)] * 1024},
+        "1024 boxes; at most 4 are accepted",
+    ),
+    "1025 boxes": (
+        {"boxes": [[0, 0, 5, 5]] * 1025},
+        {"boxes": [_box(0, 0, 5, 5)] * 1025},
+        "1025 boxes; at most 1024 are accepted",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(TOO_MANY_PROMPTS))
+def test_too_many_prompts_are_invalid_prompts_whatever_the_count(
+    both: BothTransports, image_id: str, name: str
+) -> None:
+    body, fields, words = TOO_MANY_PROMPTS[name]
+    r = both.http.post("/v1/segment", json={"image_id": image_id, **body})
+    http_error(r, 422, "invalid_prompt")
+    assert words in r.json()["message"], r.json()
+    request = pb.SegmentRequest(image_id=image_id, **fields)
+    grpc_error(lambda: both.stub.Segment(request, timeout=30), INVALID, "invalid_prompt")
+    with pytest.raises(grpc.RpcError) as info:
+        both.stub.Segment(request, timeout=30)
+    assert words in info.value.details()
+
+
+def test_enormous_prompt_lists_cost_little(both: BothTransports, image_id: str) -> None:
+    """Bad items past the caps are refused from the list's length (not 300,000 validation
+    errors), and the body limit (EDGESAM_MAX_JSON_BYTES, 1 MiB here; the same limit on the
+    gRPC message) bounds what arrives at all."""
+    hostile = {"image_id": image_id, "points": [[1, 1]], "labels": [2] * 300_000}
+    r = both.http.post("/v1/segment", json=hostile)
+    http_error(r, 422, "invalid_prompt")
+    assert "300000 labels" in r.json()["message"]
+    count = 200_000
+    body = json.dumps({"image_id": image_id, "points": [[1, 1]] * count, "labels": [1] * count})
+    assert len(body) > both.service.settings.max_json_bytes
+    http_error(both.http.post("/v1/segment", content=body, headers=JSON), 413, "payload_too_large")
+    request = pb.SegmentRequest(
+        image_id=image_id, points=_pts(*[(1, 1)] * count), labels=[1] * count
+    )
+    grpc_error(
+        lambda: both.stub.Segment(request, timeout=30),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "payload_too_large",
+    )
