@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pydantic import ValidationError
 
 from proto.edgesam.v1 import segmentation_pb2 as pb
 from proto.edgesam.v1 import segmentation_pb2_grpc as pb_grpc
@@ -47,6 +48,7 @@ from service.grpc_convert import (
 )
 from service.grpc_errors import status_of
 from service.grpc_session import InteractiveSession
+from service.schemas import IMAGE_ID
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -195,9 +197,11 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
     @staticmethod
     def _image_id(image_id: str) -> str:
-        if len(image_id) != 64 or any(c not in "0123456789abcdef" for c in image_id):
-            raise InvalidRequest("image_id: must be 64 lowercase hex digits (sha256)")
-        return image_id
+        """The id in lower case (as the cache keys it), or InvalidRequest."""
+        try:
+            return IMAGE_ID.validate_python(image_id)
+        except ValidationError as exc:
+            raise InvalidRequest("image_id: must be 64 hex digits (sha256)") from exc
 
     async def HasEmbedding(  # noqa: N802
         self, request: pb.EmbeddingRef, context: grpc.aio.ServicerContext

@@ -5,7 +5,8 @@ Structure is checked here (types, lengths, enums, unknown fields); checks that n
 HTTP and gRPC transports reject exactly the same prompts.
 
 The request models are strict: JSON `true` is not a label or a mask count, and "10" is not a
-coordinate (an int is still a float).
+coordinate (an int is still a float). Hex ids take either case and are kept in lower case, so
+the cache finds an image whichever way its sha256 was written.
 
 Too many prompts is invalid_prompt whatever the count: the core refuses more than the
 configured max_points / max_boxes, naming the limit; lists beyond the most any server may be
@@ -18,7 +19,16 @@ any item is validated (a hostile 1 MiB body of bad items would otherwise cost ~1
 # typing's Optional/List/Tuple keep them valid on Python 3.8 (JetPack 5).
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from service.compat import Annotated
@@ -27,10 +37,25 @@ from service.errors import InvalidPrompt
 POINTS_CAP = 4096  # the largest EDGESAM_MAX_POINTS (points, and labels: one per point)
 BOXES_CAP = 1024  # the largest EDGESAM_MAX_BOXES
 
+IMAGE_ID_PATTERN = r"^[0-9a-fA-F]{64}$"
+MASK_ID_PATTERN = r"^[0-9a-fA-F]{32}$"
+
+
+def _lower(value: str) -> str:
+    return value.lower()
+
+
 ImageId = Annotated[
-    str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the image bytes (hex)")
+    str,
+    Field(pattern=IMAGE_ID_PATTERN, description="sha256 of the image bytes (hex, either case)"),
+    AfterValidator(_lower),
 ]
-MaskId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="id of stored mask logits")]
+MaskId = Annotated[
+    str,
+    Field(pattern=MASK_ID_PATTERN, description="id of stored mask logits (hex, either case)"),
+    AfterValidator(_lower),
+]
+IMAGE_ID = TypeAdapter(ImageId)  # the same check (and lower-casing) outside a model
 OutputFormat = Literal["rle", "png", "polygons"]
 # Strict(False) on the tuples only: JSON arrays arrive as lists (FastAPI validates the parsed
 # body as Python objects, where strict tuples would refuse a list); the numbers stay strict.

@@ -366,8 +366,8 @@ BAD_PROMPTS: dict[str, tuple[dict, dict | None, str]] = {
         "invalid_request",
     ),
     "mask_input_id not hex": (
-        {"box": [0, 0, 5, 5], "mask_input_id": "A" * 32},
-        {"box": _box(0, 0, 5, 5), "mask_input_id": "A" * 32},
+        {"box": [0, 0, 5, 5], "mask_input_id": "G" * 32},
+        {"box": _box(0, 0, 5, 5), "mask_input_id": "G" * 32},
         "invalid_request",
     ),
 }
@@ -474,7 +474,7 @@ def assert_embedding_not_found(both: BothTransports, image_id: str) -> None:
 
 def test_unknown_deleted_and_foreign_ids(both: BothTransports, image_id: str) -> None:
     assert_embedding_not_found(both, "0" * 64)
-    for bad in ("", "short", image_id.upper()):
+    for bad in ("", "short", "g" * 64, image_id + "0"):
         grpc_error(
             lambda bad=bad: both.stub.Segment(
                 pb.SegmentRequest(image_id=bad, box=_box(0, 0, 5, 5))
@@ -716,3 +716,57 @@ def test_enormous_prompt_lists_cost_little(both: BothTransports, image_id: str) 
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "payload_too_large",
     )
+
+
+# -- hex ids in either case --------------------------------------------------------------------
+
+
+def test_upper_case_hex_ids_find_the_same_embedding(both: BothTransports) -> None:
+    data = png_bytes(test_image(40, 50, seed=23))
+    lower = both.http.post("/v1/embed", content=data, headers={"content-type": "image/png"}).json()[
+        "image_id"
+    ]
+    assert lower == lower.lower()
+    upper, mixed = lower.upper(), lower[:32].upper() + lower[32:]
+    prompt = {"points": [[20, 20]], "labels": [1], "output": ["rle"]}
+    want = both.http.post("/v1/segment", json={"image_id": lower, **prompt}).json()
+    for given in (upper, mixed):
+        r = both.http.post("/v1/segment", json={"image_id": given, **prompt})
+        assert r.status_code == 200, r.text
+        assert r.json()["image_id"] == lower
+        assert r.json()["masks"] == want["masks"]
+        g = both.stub.Segment(
+            pb.SegmentRequest(image_id=given, points=_pts((20, 20)), labels=[1]), timeout=30
+        )
+        assert g.image_id == lower
+        assert [m.rle.counts for m in g.masks] == [m["rle"]["counts"] for m in want["masks"]]
+    # a refinement id in upper case finds its mask, over both transports
+    refine = {
+        "image_id": upper,
+        "box": [0, 0, 30, 30],
+        "mask_input_id": want["mask_input_id"].upper(),
+    }
+    assert both.http.post("/v1/segment", json=refine).status_code == 200
+    both.stub.Segment(
+        pb.SegmentRequest(
+            image_id=upper, box=_box(0, 0, 30, 30), mask_input_id=want["mask_input_id"].upper()
+        ),
+        timeout=30,
+    )
+    r = both.http.post("/v1/everything", json={"image_id": upper, "points_per_side": 2})
+    assert r.status_code == 200 and r.json()["image_id"] == lower, r.text
+    # the interactive session and the embedding routes
+    start = pb.InteractiveRequest(start=pb.SessionStart(image_id=upper))
+    click = pb.InteractiveRequest(click=pb.Click(x=20, y=20, label=1))
+    answers = list(both.stub.InteractiveSegment(iter([start, click]), timeout=30))
+    assert answers[0].started.image_id == lower
+    assert answers[1].WhichOneof("result") == "masks", answers[1]
+    assert both.http.head(f"/v1/embeddings/{upper}").status_code == 200
+    status = both.stub.HasEmbedding(pb.EmbeddingRef(image_id=mixed), timeout=5)
+    assert (status.image_id, status.exists) == (lower, True)
+    assert both.http.delete(f"/v1/embeddings/{upper}").status_code == 204
+    assert both.http.head(f"/v1/embeddings/{lower}").status_code == 404
+    assert both.stub.Embed(pb.EmbedRequest(image=data), timeout=30).cached is False
+    assert both.stub.DeleteEmbedding(pb.EmbeddingRef(image_id=upper), timeout=5).image_id == lower
+    assert both.stub.HasEmbedding(pb.EmbeddingRef(image_id=lower), timeout=5).exists is False
+    http_error(both.http.delete(f"/v1/embeddings/{'G' * 64}"), 422, "invalid_request")
