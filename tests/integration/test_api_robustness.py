@@ -770,3 +770,53 @@ def test_upper_case_hex_ids_find_the_same_embedding(both: BothTransports) -> Non
     assert both.stub.DeleteEmbedding(pb.EmbeddingRef(image_id=upper), timeout=5).image_id == lower
     assert both.stub.HasEmbedding(pb.EmbeddingRef(image_id=lower), timeout=5).exists is False
     http_error(both.http.delete(f"/v1/embeddings/{'G' * 64}"), 422, "invalid_request")
+
+
+# -- oversized gRPC images ---------------------------------------------------------------------
+
+
+def test_oversized_grpc_image_answers_payload_too_large(start_grpc_service) -> None:  # noqa: ANN001
+    """Over the configured image limit (EDGESAM_MAX_BODY_BYTES) gRPC answers as HTTP does:
+    RESOURCE_EXHAUSTED with edgesam-error-code payload_too_large, up to a bounded margin
+    (grpc_server.receive_limit); beyond that margin gRPC itself refuses the message, with no
+    code of ours."""
+    from service.grpc_server import receive_limit
+
+    limit = 200_000
+    small = start_grpc_service(max_body_bytes=limit)
+    over = b"\x89PNG\r\n\x1a\n" + b"\0" * limit  # one image's worth past the limit
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_error(
+        small.http.post("/v1/embed", content=over, headers={"content-type": "image/png"}),
+        413,
+        "payload_too_large",
+    )
+    for image in (over, over + b"\0" * 300_000):  # beyond the old limit + 64 KiB envelope too
+        grpc_error(
+            lambda image=image: small.stub.Embed(
+                pb.EmbedRequest(image=image, content_type="image/png"), timeout=30
+            ),
+            exhausted,
+            "payload_too_large",
+        )
+    with pytest.raises(grpc.RpcError) as info:
+        small.stub.Embed(pb.EmbedRequest(image=over), timeout=30)
+    assert str(limit) in info.value.details()
+    start = pb.InteractiveRequest(start=pb.SessionStart(image=over))
+    grpc_error(
+        lambda: list(small.stub.InteractiveSegment(iter([start]), timeout=30)),
+        exhausted,
+        "payload_too_large",
+    )
+    # at the limit: decoded (and refused as a truncated PNG, not as too large)
+    grpc_error(
+        lambda: small.stub.Embed(pb.EmbedRequest(image=over[:limit]), timeout=30),
+        INVALID,
+        "invalid_image",
+    )
+    # far past it: gRPC's own refusal, before any of our code runs
+    far = b"\0" * (receive_limit(small.service.settings) + 1)
+    with pytest.raises(grpc.RpcError) as info:
+        small.stub.Embed(pb.EmbedRequest(image=far), timeout=30)
+    assert info.value.code() == exhausted
+    assert "edgesam-error-code" not in dict(info.value.trailing_metadata() or ())
