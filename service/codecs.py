@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import warnings
 
 import cv2
 import numpy as np
@@ -19,7 +18,10 @@ ACCEPTED_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"
 # Types that say nothing about the format; the bytes are sniffed instead.
 GENERIC_TYPES = {"", "application/octet-stream"}
 
-# PIL's own bomb guard stays on; ours (max_pixels) runs first with the configured limit.
+# PIL's own bomb guard stays on: Image.open raises DecompressionBombError beyond twice this
+# many pixels, and only warns beyond it; decode_image refuses beyond it itself
+# (_check_bomb_limit), without touching the process's warning filters, which are global and
+# not thread-safe to change (images decode on several threads).
 Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 89_478_485)
 
 
@@ -59,6 +61,17 @@ def check_content_type(content_type: str | None) -> None:
         )
 
 
+BOMB_MESSAGE = "the image exceeds the decompression size limit"
+
+
+def _check_bomb_limit(width: int, height: int) -> None:
+    """PIL's decompression-bomb rule (Image._decompression_bomb_check), refusing where PIL
+    would only warn: more than Image.MAX_IMAGE_PIXELS pixels is ImageTooLarge."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and max(1, width) * max(1, height) > limit:
+        raise ImageTooLarge(BOMB_MESSAGE)
+
+
 def decode_image(data: bytes, content_type: str | None, max_pixels: int) -> np.ndarray:
     """Bytes -> uint8 HxWx3 RGB with EXIF orientation applied (width, height and prompt
     coordinates are the upright image's). Alpha is ignored (the colour channels as stored),
@@ -74,22 +87,23 @@ def decode_image(data: bytes, content_type: str | None, max_pixels: int) -> np.n
     if fmt is None:
         raise UnsupportedMediaType("the bytes are not a JPEG, PNG or WebP image")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=[fmt])
-            width, height = image.size
-            if width < 1 or height < 1:
-                raise InvalidImage("the image has no pixels")
-            if width * height > max_pixels:
-                raise ImageTooLarge(
-                    f"the image has {width}x{height} pixels; at most {max_pixels} are accepted"
-                )
-            image = ImageOps.exif_transpose(image) or image
-            if image.mode in WIDE_GREY_MODES:
-                image = _wide_grey_to_l(image)
-            rgb = np.asarray(image.convert("RGB"))
+        # Reads the header only. PIL may warn (DecompressionBombWarning) through the process's
+        # filters here, or raise it where they make it an error; either way it is refused.
+        image = Image.open(io.BytesIO(data), formats=[fmt])
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise InvalidImage("the image has no pixels")
+        _check_bomb_limit(width, height)
+        if width * height > max_pixels:
+            raise ImageTooLarge(
+                f"the image has {width}x{height} pixels; at most {max_pixels} are accepted"
+            )
+        image = ImageOps.exif_transpose(image) or image
+        if image.mode in WIDE_GREY_MODES:
+            image = _wide_grey_to_l(image)
+        rgb = np.asarray(image.convert("RGB"))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge("the image exceeds the decompression size limit") from exc
+        raise ImageTooLarge(BOMB_MESSAGE) from exc
     except (OSError, ValueError, SyntaxError, EOFError, Image.UnidentifiedImageError) as exc:
         raise InvalidImage(f"the {fmt} image is truncated or corrupt") from exc
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.compat import Annotated
+from service.schemas import BOXES_CAP, POINTS_CAP
 
 GET_WEIGHTS_HINT = (
     "no checkpoint: run `python -m service.weights download` (or set EDGESAM_CHECKPOINT to an "
@@ -84,8 +85,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_json_bytes: int = Field(1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
-    max_points: int = Field(64, ge=1, le=4096)
-    max_boxes: int = Field(64, ge=1, le=1024)
+    max_points: int = Field(64, ge=1, le=POINTS_CAP)
+    max_boxes: int = Field(64, ge=1, le=BOXES_CAP)
 
     # Work queues (every one bounded)
     encode_max_batch: int = Field(8, ge=1, le=64)

@@ -6,7 +6,10 @@ same process and event loop (service.__main__ starts it through `serve_grpc`).
 - grpc.health.v1: NOT_SERVING while the model loads, SERVING when ready, NOT_SERVING again
   while draining (SIGTERM) and at shutdown; open without an API key;
 - server reflection; bounded message sizes (the image limit for Embed and session starts,
-  the JSON limit for every other message: RESOURCE_EXHAUSTED beyond);
+  the JSON limit for every other message: RESOURCE_EXHAUSTED with edgesam-error-code
+  payload_too_large beyond). gRPC itself refuses any message over the image limit plus
+  ENVELOPE_BYTES plus OVERSIZE_MARGIN_BYTES before our code runs: RESOURCE_EXHAUSTED without
+  the edgesam-error-code trailer, for messages far beyond every limit;
 - API keys from "authorization: Bearer <key>" or "x-api-key" metadata (UNAUTHENTICATED);
 - deadlines: a call past its deadline is cancelled, and a forwarded embed (decoder role)
   gets the caller's remaining time.
@@ -24,6 +27,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pydantic import ValidationError
 
 from proto.edgesam.v1 import segmentation_pb2 as pb
 from proto.edgesam.v1 import segmentation_pb2_grpc as pb_grpc
@@ -47,6 +51,7 @@ from service.grpc_convert import (
 )
 from service.grpc_errors import status_of
 from service.grpc_session import InteractiveSession
+from service.schemas import IMAGE_ID
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,6 +60,10 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmentation"].full_name  # edges
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 RANDOM_WEIGHTS_KEY = "x-edgesam-random-weights"
 ENVELOPE_BYTES = 64 * 1024  # room for the fields around an image in one message
+# Messages up to this much over the limits still reach the servicer, which refuses them with
+# our own code (payload_too_large); gRPC refuses larger ones itself, with no code of ours.
+OVERSIZE_MARGIN_BYTES = 1024 * 1024
+MAX_GRPC_MESSAGE = 2**31 - 1  # gRPC's channel arguments are C ints
 MAX_SEND_BYTES = 256 * 1024 * 1024  # answers are ours; bounded all the same
 HEALTH_POLL_S = 0.2
 MAX_SESSIONS = 256  # concurrent InteractiveSegment streams (each holds one embedding)
@@ -117,6 +126,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
     def __init__(self, service: SegmentationService, settings: Settings) -> None:
         self.service = service
         self.max_small = settings.max_json_bytes
+        self.max_image = settings.max_body_bytes
         self.sessions = 0
         self.max_sessions = MAX_SESSIONS
 
@@ -160,10 +170,24 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         if size > self.max_small:
             raise PayloadTooLarge(f"the message has {size} bytes; at most {self.max_small}")
 
+    def _image(self, image: bytes, request: Any) -> None:
+        """The configured image limit (EDGESAM_MAX_BODY_BYTES, as HTTP's /v1/embed body),
+        and the fields around the image within ENVELOPE_BYTES."""
+        if len(image) > self.max_image:
+            raise PayloadTooLarge(
+                f"the image has {len(image)} bytes; at most {self.max_image} are accepted"
+            )
+        size = request.ByteSize()
+        if size > self.max_image + ENVELOPE_BYTES:
+            raise PayloadTooLarge(
+                f"the message has {size} bytes; at most {self.max_image + ENVELOPE_BYTES}"
+            )
+
     async def Embed(  # noqa: N802 - gRPC method names
         self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> pb.EmbedResponse:
         async def work() -> pb.EmbedResponse:
+            self._image(request.image, request)
             res = await self.service.embed(request.image, request.content_type or None)
             return embed_result_to_pb(res, self._fingerprint())
 
@@ -195,9 +219,11 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
     @staticmethod
     def _image_id(image_id: str) -> str:
-        if len(image_id) != 64 or any(c not in "0123456789abcdef" for c in image_id):
-            raise InvalidRequest("image_id: must be 64 lowercase hex digits (sha256)")
-        return image_id
+        """The id in lower case (as the cache keys it), or InvalidRequest."""
+        try:
+            return IMAGE_ID.validate_python(image_id)
+        except ValidationError as exc:
+            raise InvalidRequest("image_id: must be 64 hex digits (sha256)") from exc
 
     async def HasEmbedding(  # noqa: N802
         self, request: pb.EmbeddingRef, context: grpc.aio.ServicerContext
@@ -235,7 +261,9 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                 raise InvalidRequest("the stream ended before its start message") from exc
             if first.WhichOneof("action") != "start":
                 raise InvalidRequest("the first message of a session must be start")
-            if first.start.WhichOneof("source") != "image":
+            if first.start.WhichOneof("source") == "image":
+                self._image(first.start.image, first)
+            else:
                 self._small(first)
             if self.sessions >= self.max_sessions:
                 raise Overloaded(
@@ -301,7 +329,7 @@ class GrpcServer:
         self.server = grpc.aio.server(
             interceptors=[ApiKeyInterceptor(settings.api_key_values())],
             options=[
-                ("grpc.max_receive_message_length", settings.max_body_bytes + ENVELOPE_BYTES),
+                ("grpc.max_receive_message_length", receive_limit(settings)),
                 ("grpc.max_send_message_length", MAX_SEND_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
@@ -346,6 +374,12 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
+def receive_limit(settings: Settings) -> int:
+    """The transport's own message limit: the image limit and its envelope, plus a bounded
+    margin within which the servicer answers payload_too_large itself."""
+    return min(settings.max_body_bytes + ENVELOPE_BYTES + OVERSIZE_MARGIN_BYTES, MAX_GRPC_MESSAGE)
+
+
 def _grpc_host(host: str) -> str:
     return "[::]" if host in ("0.0.0.0", "::", "") else host
 
@@ -368,4 +402,4 @@ async def serve_grpc(
             await asyncio.shield(server.stop(grace=min(5.0, settings.drain_seconds)))
 
 
-__all__ = ["ApiKeyInterceptor", "GrpcServer", "SegmentationServicer", "serve_grpc"]
+__all__ = ["ApiKeyInterceptor", "GrpcServer", "SegmentationServicer", "receive_limit", "serve_grpc"]

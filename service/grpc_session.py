@@ -62,8 +62,11 @@ class InteractiveSession:
             res = await service.embed(start.image, start.content_type or None)
             image_id, cached = res.image_id, res.cached
         else:
-            image_id = start.image_id
-            segment_fields(image_id, None, None, (0, 0, 1, 1), None, None, None, ["rle"])
+            # checked, and lower-cased, by the schema
+            checked = segment_fields(
+                start.image_id, None, None, (0, 0, 1, 1), None, None, None, ["rle"]
+            )
+            image_id = checked.image_id
         emb = await service.load_embedding(image_id)
         h, w = emb.original_size
         started = pb.SessionStarted(image_id=image_id, width=w, height=h, cached=cached)

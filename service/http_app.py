@@ -48,6 +48,7 @@ from service.errors import (
 )
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.schemas import (
+    IMAGE_ID_PATTERN,
     EmbedResult,
     ErrorBody,
     EverythingRequest,
@@ -71,7 +72,8 @@ def _is_open(path: str) -> bool:
 
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
-ImageIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="sha256 hex")]
+# Either case; the handlers look up the lower-case id (the form the cache keys use).
+ImageIdPath = Annotated[str, Path(pattern=IMAGE_ID_PATTERN, description="sha256 hex")]
 
 ERROR_RESPONSES: Dict[Union[int, str], Dict[str, Any]] = {
     status: {"model": ErrorBody, "description": desc}
@@ -349,10 +351,11 @@ def create_app(
 
     @app.head("/v1/embeddings/{image_id}", summary="Is this embedding cached?")
     async def head_embedding(image_id: ImageIdPath) -> Response:
-        return Response(status_code=200 if await svc.exists(image_id) else 404)
+        return Response(status_code=200 if await svc.exists(image_id.lower()) else 404)
 
     @app.delete("/v1/embeddings/{image_id}", status_code=204, summary="Forget an embedding")
     async def delete_embedding(image_id: ImageIdPath) -> Response:
+        image_id = image_id.lower()
         if not await svc.delete(image_id):
             raise EmbeddingNotFound(f"no embedding for image_id {image_id}")
         return Response(status_code=204)

@@ -3,27 +3,92 @@
 Structure is checked here (types, lengths, enums, unknown fields); checks that need the image
 (coordinates inside it, point counts against the configured limits) live in the core, so the
 HTTP and gRPC transports reject exactly the same prompts.
+
+The request models are strict: JSON `true` is not a label or a mask count, and "10" is not a
+coordinate (an int is still a float). Hex ids take either case and are kept in lower case, so
+the cache finds an image whichever way its sha256 was written.
+
+Too many prompts is invalid_prompt whatever the count: the core refuses more than the
+configured max_points / max_boxes, naming the limit; lists beyond the most any server may be
+configured to take (POINTS_CAP, BOXES_CAP) are refused here, from their length alone, before
+any item is validated (a hostile 1 MiB body of bad items would otherwise cost ~1 s and
+~300 MB of validation errors).
 """
 
 # No `from __future__ import annotations`: pydantic evaluates these annotations at run time;
 # typing's Optional/List/Tuple keep them valid on Python 3.8 (JetPack 5).
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from service.compat import Annotated
+from service.errors import InvalidPrompt
+
+POINTS_CAP = 4096  # the largest EDGESAM_MAX_POINTS (points, and labels: one per point)
+BOXES_CAP = 1024  # the largest EDGESAM_MAX_BOXES
+
+IMAGE_ID_PATTERN = r"^[0-9a-fA-F]{64}$"
+MASK_ID_PATTERN = r"^[0-9a-fA-F]{32}$"
+
+
+def _lower(value: str) -> str:
+    return value.lower()
+
 
 ImageId = Annotated[
-    str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the image bytes (hex)")
+    str,
+    Field(pattern=IMAGE_ID_PATTERN, description="sha256 of the image bytes (hex, either case)"),
+    AfterValidator(_lower),
 ]
-MaskId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="id of stored mask logits")]
+MaskId = Annotated[
+    str,
+    Field(pattern=MASK_ID_PATTERN, description="id of stored mask logits (hex, either case)"),
+    AfterValidator(_lower),
+]
+IMAGE_ID = TypeAdapter(ImageId)  # the same check (and lower-casing) outside a model
 OutputFormat = Literal["rle", "png", "polygons"]
-Point = Tuple[float, float]
-Box = Tuple[float, float, float, float]
+# Strict(False) on the tuples only: JSON arrays arrive as lists (FastAPI validates the parsed
+# body as Python objects, where strict tuples would refuse a list); the numbers stay strict.
+Point = Annotated[Tuple[float, float], Strict(False)]
+Box = Annotated[Tuple[float, float, float, float], Strict(False)]
+
+
+def _exact_int(expected: str) -> BeforeValidator:
+    """Literal ints compare by value even in strict mode (True == 1, 1.0 == 1): refuse any
+    input that is not an int (a bool is not)."""
+
+    def check(value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PydanticCustomError(
+                "literal_error", "Input should be {expected}", {"expected": expected}
+            )
+        return value
+
+    return BeforeValidator(check)
+
+
+Label = Annotated[Literal[0, 1], _exact_int("0 or 1")]
+NumMasks = Annotated[Literal[1, 3, 4], _exact_int("1, 3 or 4")]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _StrictRequest(_Strict):
+    """A request: no unknown fields and no type coercion (pydantic strict mode)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class EmbedResult(_Strict):
@@ -34,22 +99,24 @@ class EmbedResult(_Strict):
     expires_in: int = Field(description="seconds until the cached embedding expires")
 
 
-class SegmentRequest(_Strict):
+class SegmentRequest(_StrictRequest):
     image_id: ImageId
     points: Optional[List[Point]] = Field(
-        None, description="[[x, y], ...] in original image pixels", max_length=4096
+        None, description="[[x, y], ...] in original image pixels (at most the server's max_points)"
     )
-    labels: Optional[List[Literal[0, 1]]] = Field(
-        None, description="one per point: 1 foreground, 0 background", max_length=4096
+    labels: Optional[List[Label]] = Field(
+        None, description="one per point: 1 foreground, 0 background"
     )
     box: Optional[Box] = Field(None, description="[x0, y0, x1, y1] in original image pixels")
     boxes: Optional[List[Box]] = Field(
-        None, description="several boxes, one result each, decoded as one batch", max_length=1024
+        None,
+        description="several boxes, one result each, decoded as one batch (at most the "
+        "server's max_boxes)",
     )
     mask_input_id: Optional[MaskId] = Field(
         None, description="refine from a previous answer's mask_input_id"
     )
-    num_masks: Literal[1, 3, 4] = Field(
+    num_masks: NumMasks = Field(
         1, description="1: the single-mask token; 3: the three multimask tokens; 4: all four"
     )
     output: List[OutputFormat] = Field(default_factory=lambda: ["rle"], min_length=1)
@@ -58,6 +125,25 @@ class SegmentRequest(_Strict):
         description="where the service runs with granularity priors: add the best proposal "
         "containing the first foreground point as a box to a point-only prompt",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cap_prompt_lists(cls, data: Any) -> Any:
+        """More prompts than any server takes: invalid_prompt, as the configured limits
+        answer in the core, decided from the list's length before its items are validated."""
+        if isinstance(data, dict):
+            for field, cap, setting in (
+                ("points", POINTS_CAP, "max_points"),
+                ("labels", POINTS_CAP, "max_points"),
+                ("boxes", BOXES_CAP, "max_boxes"),
+            ):
+                value = data.get(field)
+                if isinstance(value, (list, tuple)) and len(value) > cap:
+                    raise InvalidPrompt(
+                        f"{len(value)} {field}; at most {cap} are accepted "
+                        f"(fewer where the server's {setting} is lower)"
+                    )
+        return data
 
 
 class Rle(_Strict):
@@ -92,7 +178,7 @@ class SegmentResult(_Strict):
     )
 
 
-class EverythingRequest(_Strict):
+class EverythingRequest(_StrictRequest):
     image_id: ImageId
     points_per_side: int = Field(32, ge=1, le=64)
     points_per_batch: int = Field(64, ge=1, le=256)

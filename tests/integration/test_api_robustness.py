@@ -366,8 +366,8 @@ BAD_PROMPTS: dict[str, tuple[dict, dict | None, str]] = {
         "invalid_request",
     ),
     "mask_input_id not hex": (
-        {"box": [0, 0, 5, 5], "mask_input_id": "A" * 32},
-        {"box": _box(0, 0, 5, 5), "mask_input_id": "A" * 32},
+        {"box": [0, 0, 5, 5], "mask_input_id": "G" * 32},
+        {"box": _box(0, 0, 5, 5), "mask_input_id": "G" * 32},
         "invalid_request",
     ),
 }
@@ -474,7 +474,7 @@ def assert_embedding_not_found(both: BothTransports, image_id: str) -> None:
 
 def test_unknown_deleted_and_foreign_ids(both: BothTransports, image_id: str) -> None:
     assert_embedding_not_found(both, "0" * 64)
-    for bad in ("", "short", image_id.upper()):
+    for bad in ("", "short", "g" * 64, image_id + "0"):
         grpc_error(
             lambda bad=bad: both.stub.Segment(
                 pb.SegmentRequest(image_id=bad, box=_box(0, 0, 5, 5))
@@ -571,3 +571,252 @@ def test_expired_embedding_is_not_found_on_both_transports(
         NOT_FOUND,
         "embedding_not_found",
     )
+
+
+# -- strict types ----------------------------------------------------------------------------
+
+# name -> (route, body fields beside image_id, the field the message names); each was coerced
+# by pydantic's lax mode (true as 1, "3" as 3, "yes" as true), and each is 422 invalid_request
+LAX_TYPES: dict[str, tuple[str, dict, str]] = {
+    "label true": ("/v1/segment", {"points": [[10, 20]], "labels": [True]}, "labels"),
+    "label false": ("/v1/segment", {"points": [[10, 20]], "labels": [False]}, "labels"),
+    "label 1.0": ("/v1/segment", {"points": [[10, 20]], "labels": [1.0]}, "labels"),
+    "label '1'": ("/v1/segment", {"points": [[10, 20]], "labels": ["1"]}, "labels"),
+    "num_masks true": ("/v1/segment", {"box": [0, 0, 5, 5], "num_masks": True}, "num_masks"),
+    "num_masks '3'": ("/v1/segment", {"box": [0, 0, 5, 5], "num_masks": "3"}, "num_masks"),
+    "num_masks 3.0": ("/v1/segment", {"box": [0, 0, 5, 5], "num_masks": 3.0}, "num_masks"),
+    "point strings": ("/v1/segment", {"points": [["10", "20"]], "labels": [1]}, "points"),
+    "point true": ("/v1/segment", {"points": [[True, 20]], "labels": [1]}, "points"),
+    "box strings": ("/v1/segment", {"box": ["0", "0", "5", "5"]}, "box"),
+    "use_priors 'yes'": (
+        "/v1/segment",
+        {"box": [0, 0, 5, 5], "use_priors": "yes"},
+        "use_priors",
+    ),
+    "use_priors 1": ("/v1/segment", {"box": [0, 0, 5, 5], "use_priors": 1}, "use_priors"),
+    "points_per_side true": ("/v1/everything", {"points_per_side": True}, "points_per_side"),
+    "points_per_side '8'": ("/v1/everything", {"points_per_side": "8"}, "points_per_side"),
+    "points_per_side 8.0": ("/v1/everything", {"points_per_side": 8.0}, "points_per_side"),
+    "pred_iou_thresh '0.5'": ("/v1/everything", {"pred_iou_thresh": "0.5"}, "pred_iou_thresh"),
+}
+
+
+@pytest.mark.parametrize("name", list(LAX_TYPES))
+def test_request_types_are_strict(both: BothTransports, image_id: str, name: str) -> None:
+    route, fields, field = LAX_TYPES[name]
+    r = both.http.post(route, json={"image_id": image_id, **fields})
+    http_error(r, 422, "invalid_request")
+    assert r.json()["message"].startswith(field), r.json()
+
+
+def test_ints_are_still_numbers_and_grpc_still_converts(
+    both: BothTransports, image_id: str
+) -> None:
+    """Strict mode takes an int where a float is expected; and the gRPC conversions (repeated
+    fields, optional scalars, enums) build the strict models as before."""
+    body = {
+        "image_id": image_id,
+        "points": [[10, 20], [30.5, 7]],
+        "labels": [1, 0],
+        "box": [0, 0, 40, 30],
+        "num_masks": 3,
+        "use_priors": False,
+        "output": ["rle", "png"],
+    }
+    r = both.http.post("/v1/segment", json=body)
+    assert r.status_code == 200, r.text
+    request = pb.SegmentRequest(
+        image_id=image_id,
+        points=_pts((10, 20), (30.5, 7)),
+        labels=[1, 0],
+        box=_box(0, 0, 40, 30),
+        num_masks=3,
+        use_priors=False,
+        outputs=[pb.OUTPUT_FORMAT_RLE, pb.OUTPUT_FORMAT_PNG],
+    )
+    g = both.stub.Segment(request, timeout=30)
+    assert [m.rle.counts for m in g.masks] == [m["rle"]["counts"] for m in r.json()["masks"]]
+    params = {"points_per_side": 4, "points_per_batch": 8, "pred_iou_thresh": 0, "max_masks": 3}
+    r = both.http.post("/v1/everything", json={"image_id": image_id, **params})
+    assert r.status_code == 200, r.text
+    g = both.stub.SegmentEverything(
+        pb.EverythingRequest(image_id=image_id, **params, stability_score_offset=1), timeout=60
+    )
+    assert len(g.masks) == len(r.json()["masks"])
+
+
+# -- prompt counts beyond the schema's old caps ------------------------------------------------
+
+
+# name -> (HTTP body fields, gRPC SegmentRequest fields, words the message must hold): more
+# prompts than the configured limits (8 points, 4 boxes here) are invalid_prompt whatever the
+# count; beyond the schema's caps (4096 points or labels, 1024 boxes: the largest limits a
+# server takes) they were invalid_request
+TOO_MANY_PROMPTS: dict[str, tuple[dict, dict, str]] = {
+    "4096 points": (
+        {"points": [[1, 1]] * 4096, "labels": [1] * 4096},
+        {"points": _pts(*[(1, 1)] * 4096), "labels": [1] * 4096},
+        "4096 points; at most 8 are accepted",
+    ),
+    "4097 points": (
+        {"points": [[1, 1]] * 4097, "labels": [1] * 4097},
+        {"points": _pts(*[(1, 1)] * 4097), "labels": [1] * 4097},
+        "4097 points; at most 4096 are accepted",
+    ),
+    "5000 labels for one point": (
+        {"points": [[1, 1]], "labels": [1] * 5000},
+        {"points": _pts((1, 1)), "labels": [1] * 5000},
+        "5000 labels; at most 4096 are accepted",
+    ),
+    "1024 boxes": (
+        {"boxes": [[0, 0, 5, 5]] * 1024},
+        {"boxes": [_box(0, 0, 5, 5)] * 1024},
+        "1024 boxes; at most 4 are accepted",
+    ),
+    "1025 boxes": (
+        {"boxes": [[0, 0, 5, 5]] * 1025},
+        {"boxes": [_box(0, 0, 5, 5)] * 1025},
+        "1025 boxes; at most 1024 are accepted",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(TOO_MANY_PROMPTS))
+def test_too_many_prompts_are_invalid_prompts_whatever_the_count(
+    both: BothTransports, image_id: str, name: str
+) -> None:
+    body, fields, words = TOO_MANY_PROMPTS[name]
+    r = both.http.post("/v1/segment", json={"image_id": image_id, **body})
+    http_error(r, 422, "invalid_prompt")
+    assert words in r.json()["message"], r.json()
+    request = pb.SegmentRequest(image_id=image_id, **fields)
+    grpc_error(lambda: both.stub.Segment(request, timeout=30), INVALID, "invalid_prompt")
+    with pytest.raises(grpc.RpcError) as info:
+        both.stub.Segment(request, timeout=30)
+    assert words in info.value.details()
+
+
+def test_enormous_prompt_lists_cost_little(both: BothTransports, image_id: str) -> None:
+    """Bad items past the caps are refused from the list's length (not 300,000 validation
+    errors), and the body limit (EDGESAM_MAX_JSON_BYTES, 1 MiB here; the same limit on the
+    gRPC message) bounds what arrives at all."""
+    hostile = {"image_id": image_id, "points": [[1, 1]], "labels": [2] * 300_000}
+    r = both.http.post("/v1/segment", json=hostile)
+    http_error(r, 422, "invalid_prompt")
+    assert "300000 labels" in r.json()["message"]
+    count = 200_000
+    body = json.dumps({"image_id": image_id, "points": [[1, 1]] * count, "labels": [1] * count})
+    assert len(body) > both.service.settings.max_json_bytes
+    http_error(both.http.post("/v1/segment", content=body, headers=JSON), 413, "payload_too_large")
+    request = pb.SegmentRequest(
+        image_id=image_id, points=_pts(*[(1, 1)] * count), labels=[1] * count
+    )
+    grpc_error(
+        lambda: both.stub.Segment(request, timeout=30),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "payload_too_large",
+    )
+
+
+# -- hex ids in either case --------------------------------------------------------------------
+
+
+def test_upper_case_hex_ids_find_the_same_embedding(both: BothTransports) -> None:
+    data = png_bytes(test_image(40, 50, seed=23))
+    lower = both.http.post("/v1/embed", content=data, headers={"content-type": "image/png"}).json()[
+        "image_id"
+    ]
+    assert lower == lower.lower()
+    upper, mixed = lower.upper(), lower[:32].upper() + lower[32:]
+    prompt = {"points": [[20, 20]], "labels": [1], "output": ["rle"]}
+    want = both.http.post("/v1/segment", json={"image_id": lower, **prompt}).json()
+    for given in (upper, mixed):
+        r = both.http.post("/v1/segment", json={"image_id": given, **prompt})
+        assert r.status_code == 200, r.text
+        assert r.json()["image_id"] == lower
+        assert r.json()["masks"] == want["masks"]
+        g = both.stub.Segment(
+            pb.SegmentRequest(image_id=given, points=_pts((20, 20)), labels=[1]), timeout=30
+        )
+        assert g.image_id == lower
+        assert [m.rle.counts for m in g.masks] == [m["rle"]["counts"] for m in want["masks"]]
+    # a refinement id in upper case finds its mask, over both transports
+    refine = {
+        "image_id": upper,
+        "box": [0, 0, 30, 30],
+        "mask_input_id": want["mask_input_id"].upper(),
+    }
+    assert both.http.post("/v1/segment", json=refine).status_code == 200
+    both.stub.Segment(
+        pb.SegmentRequest(
+            image_id=upper, box=_box(0, 0, 30, 30), mask_input_id=want["mask_input_id"].upper()
+        ),
+        timeout=30,
+    )
+    r = both.http.post("/v1/everything", json={"image_id": upper, "points_per_side": 2})
+    assert r.status_code == 200 and r.json()["image_id"] == lower, r.text
+    # the interactive session and the embedding routes
+    start = pb.InteractiveRequest(start=pb.SessionStart(image_id=upper))
+    click = pb.InteractiveRequest(click=pb.Click(x=20, y=20, label=1))
+    answers = list(both.stub.InteractiveSegment(iter([start, click]), timeout=30))
+    assert answers[0].started.image_id == lower
+    assert answers[1].WhichOneof("result") == "masks", answers[1]
+    assert both.http.head(f"/v1/embeddings/{upper}").status_code == 200
+    status = both.stub.HasEmbedding(pb.EmbeddingRef(image_id=mixed), timeout=5)
+    assert (status.image_id, status.exists) == (lower, True)
+    assert both.http.delete(f"/v1/embeddings/{upper}").status_code == 204
+    assert both.http.head(f"/v1/embeddings/{lower}").status_code == 404
+    assert both.stub.Embed(pb.EmbedRequest(image=data), timeout=30).cached is False
+    assert both.stub.DeleteEmbedding(pb.EmbeddingRef(image_id=upper), timeout=5).image_id == lower
+    assert both.stub.HasEmbedding(pb.EmbeddingRef(image_id=lower), timeout=5).exists is False
+    http_error(both.http.delete(f"/v1/embeddings/{'G' * 64}"), 422, "invalid_request")
+
+
+# -- oversized gRPC images ---------------------------------------------------------------------
+
+
+def test_oversized_grpc_image_answers_payload_too_large(start_grpc_service) -> None:  # noqa: ANN001
+    """Over the configured image limit (EDGESAM_MAX_BODY_BYTES) gRPC answers as HTTP does:
+    RESOURCE_EXHAUSTED with edgesam-error-code payload_too_large, up to a bounded margin
+    (grpc_server.receive_limit); beyond that margin gRPC itself refuses the message, with no
+    code of ours."""
+    from service.grpc_server import receive_limit
+
+    limit = 200_000
+    small = start_grpc_service(max_body_bytes=limit)
+    over = b"\x89PNG\r\n\x1a\n" + b"\0" * limit  # one image's worth past the limit
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_error(
+        small.http.post("/v1/embed", content=over, headers={"content-type": "image/png"}),
+        413,
+        "payload_too_large",
+    )
+    for image in (over, over + b"\0" * 300_000):  # beyond the old limit + 64 KiB envelope too
+        grpc_error(
+            lambda image=image: small.stub.Embed(
+                pb.EmbedRequest(image=image, content_type="image/png"), timeout=30
+            ),
+            exhausted,
+            "payload_too_large",
+        )
+    with pytest.raises(grpc.RpcError) as info:
+        small.stub.Embed(pb.EmbedRequest(image=over), timeout=30)
+    assert str(limit) in info.value.details()
+    start = pb.InteractiveRequest(start=pb.SessionStart(image=over))
+    grpc_error(
+        lambda: list(small.stub.InteractiveSegment(iter([start]), timeout=30)),
+        exhausted,
+        "payload_too_large",
+    )
+    # at the limit: decoded (and refused as a truncated PNG, not as too large)
+    grpc_error(
+        lambda: small.stub.Embed(pb.EmbedRequest(image=over[:limit]), timeout=30),
+        INVALID,
+        "invalid_image",
+    )
+    # far past it: gRPC's own refusal, before any of our code runs
+    far = b"\0" * (receive_limit(small.service.settings) + 1)
+    with pytest.raises(grpc.RpcError) as info:
+        small.stub.Embed(pb.EmbedRequest(image=far), timeout=30)
+    assert info.value.code() == exhausted
+    assert "edgesam-error-code" not in dict(info.value.trailing_metadata() or ())

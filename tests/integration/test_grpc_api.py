@@ -181,8 +181,11 @@ def test_bad_images_give_the_http_codes(both: BothTransports) -> None:
 
     data = png_bytes(test_image())
     invalid = grpc.StatusCode.INVALID_ARGUMENT
-    # the transport's message limit: RESOURCE_EXHAUSTED before any of our code runs
-    exc = expect_error(embed_bytes(b"x" * 300_000), grpc.StatusCode.RESOURCE_EXHAUSTED, None)
+    # over the image limit: RESOURCE_EXHAUSTED with our code, as HTTP's 413
+    too_big = grpc.StatusCode.RESOURCE_EXHAUSTED
+    expect_error(embed_bytes(b"x" * 300_000), too_big, "payload_too_large")
+    # far over it (past grpc_server.receive_limit): gRPC's own refusal, before our code runs
+    exc = expect_error(embed_bytes(b"x" * 1_500_000), too_big, None)
     assert trailer(exc) is None
     import io
 

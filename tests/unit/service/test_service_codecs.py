@@ -1,7 +1,9 @@
 import base64
 import io
 import struct
+import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -92,6 +94,67 @@ def test_pixel_limit_and_bombs_are_refused_before_decoding() -> None:
     # A decompression bomb: tiny file, 60000x60000 pixels declared.
     with pytest.raises(ImageTooLarge):
         codecs.decode_image(_png_header_only(60_000, 60_000), "image/png", 10**12)
+
+
+@pytest.mark.parametrize("action", ["default", "ignore", "error"])
+def test_pil_bomb_band_is_refused_whatever_the_warning_filters(action: str) -> None:
+    """Between Image.MAX_IMAGE_PIXELS and twice that, PIL only warns: refused all the same,
+    as image_too_large, with a configured limit above it, whatever the process's filters make
+    of PIL's warning (ignored, shown, or raised)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    assert limit is not None
+    side = int(limit**0.5) + 1  # side * side is just over the limit, under twice it
+    with warnings.catch_warnings(record=True) as caught:  # the test's own filters
+        warnings.simplefilter(action, Image.DecompressionBombWarning)
+        with pytest.raises(ImageTooLarge, match="decompression") as info:
+            codecs.decode_image(_png_header_only(side, side), "image/png", 10**12)
+    assert info.value.code == "image_too_large"
+    shown = [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert len(shown) == (1 if action == "default" else 0)
+
+
+def test_decoding_never_touches_the_warning_filters(
+    image: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """warnings.filters is process-wide and decode_image runs on several threads: it must not
+    change it, even for the duration of a decode (warnings.catch_warnings would)."""
+    before = list(warnings.filters)
+    seen: list[list] = []
+    real_open = Image.open
+
+    def watching_open(*args: object, **kwargs: object) -> Image.Image:
+        seen.append(list(warnings.filters))
+        return real_open(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(codecs.Image, "open", watching_open)
+    out = codecs.decode_image(_encode(image, "PNG"), "image/png", 10_000)
+    assert out.shape == (30, 40, 3)
+    with pytest.raises(ImageTooLarge) as info:
+        codecs.decode_image(_png_header_only(100, 101), "image/png", 100 * 100)
+    assert info.value.code == "image_too_large"
+    with pytest.raises(ImageTooLarge):
+        codecs.decode_image(_png_header_only(60_000, 60_000), "image/png", 10**12)
+    assert len(seen) == 3
+    assert all(filters == before for filters in seen)
+    assert list(warnings.filters) == before
+
+
+def test_concurrent_decodes_leave_the_warning_filters_as_they_were(image: np.ndarray) -> None:
+    before = list(warnings.filters)
+    good = _encode(image, "PNG")
+    bomb = _png_header_only(60_000, 60_000)
+
+    def one(i: int) -> str:
+        try:
+            codecs.decode_image(bomb if i % 2 else good, "image/png", 10_000)
+        except ImageTooLarge as exc:
+            return exc.code
+        return "ok"
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(one, range(200)))
+    assert got == ["ok", "image_too_large"] * 100
+    assert list(warnings.filters) == before
 
 
 def test_rle_is_readable_by_pycocotools() -> None:
