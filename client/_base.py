@@ -116,7 +116,7 @@ class SyncClient:
     def image_id(self, image: ImageLike | str) -> str:
         """`image` itself when it is an image_id, else the id of the image, embedded."""
         if is_image_id(image):
-            return str(image)
+            return str(image).lower()
         data, content_type = image_bytes(image)
         image_id = image_id_of(data)
         if self.memory.get(image_id) is not None:
@@ -313,7 +313,7 @@ class AsyncClient:
 
     async def image_id(self, image: ImageLike | str) -> str:
         if is_image_id(image):
-            return str(image)
+            return str(image).lower()
         data, content_type = image_bytes(image)
         image_id = image_id_of(data)
         if self.memory.get(image_id) is not None:

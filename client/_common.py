@@ -19,7 +19,7 @@ from client.errors import EdgeSamError
 
 # Aliases are evaluated at import: typing's forms, as Python 3.8 has no `X | Y` or `list[X]`.
 ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Any]
-IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
+IMAGE_ID = re.compile(r"^[0-9a-fA-F]{64}$")  # either case: the server lower-cases
 MAGIC = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG\r\n\x1a\n": "image/png"}
 
 

@@ -231,7 +231,7 @@ def _session_source(client: SyncClient | AsyncClient, image: ImageLike | str) ->
     """An image_id when the server should have it (the caller gave one, or this client
     embedded the bytes), else the bytes."""
     if is_image_id(image):
-        return str(image), ""
+        return str(image).lower(), ""
     from client._common import image_id_of
 
     data, content_type = image_bytes(image)

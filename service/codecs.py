@@ -57,8 +57,15 @@ def check_content_type(content_type: str | None) -> None:
     media = (content_type or "").split(";")[0].strip().lower()
     if media not in ACCEPTED_TYPES and media not in GENERIC_TYPES:
         raise UnsupportedMediaType(
-            f"content type {media!r} is not accepted; send image/jpeg, image/png or image/webp"
+            f"content type {quoted_media(media)} is not accepted; "
+            "send image/jpeg, image/png or image/webp"
         )
+
+
+def quoted_media(media: str) -> str:
+    """A client's media type for an error message, cut short: the error stays small enough
+    for gRPC's trailing metadata and a log line however long the header was."""
+    return repr(media if len(media) <= 80 else media[:80] + "...")
 
 
 BOMB_MESSAGE = "the image exceeds the decompression size limit"

@@ -30,6 +30,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import codecs
 from service.auth import api_key_matches
 from service.compat import Annotated
 from service.config import Settings
@@ -332,8 +333,8 @@ def create_app(
             media = content_type.split(";")[0].strip().lower()
             if media not in IMAGE_TYPES:
                 raise UnsupportedMediaType(
-                    f"content type {media or 'none'!r} is not accepted; send image/jpeg, "
-                    "image/png or image/webp as the body, or a multipart file"
+                    f"content type {codecs.quoted_media(media or 'none')} is not accepted; "
+                    "send image/jpeg, image/png or image/webp as the body, or a multipart file"
                 )
             data, part_type = await request.body(), media
         result = await svc.embed(data, part_type)

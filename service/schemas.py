@@ -36,6 +36,7 @@ from service.errors import InvalidPrompt
 
 POINTS_CAP = 4096  # the largest EDGESAM_MAX_POINTS (points, and labels: one per point)
 BOXES_CAP = 1024  # the largest EDGESAM_MAX_BOXES
+OUTPUTS_CAP = 8  # output formats asked for (three exist; repeats are harmless)
 
 IMAGE_ID_PATTERN = r"^[0-9a-fA-F]{64}$"
 MASK_ID_PATTERN = r"^[0-9a-fA-F]{32}$"
@@ -119,7 +120,9 @@ class SegmentRequest(_StrictRequest):
     num_masks: NumMasks = Field(
         1, description="1: the single-mask token; 3: the three multimask tokens; 4: all four"
     )
-    output: List[OutputFormat] = Field(default_factory=lambda: ["rle"], min_length=1)
+    output: List[OutputFormat] = Field(
+        default_factory=lambda: ["rle"], min_length=1, max_length=OUTPUTS_CAP
+    )
     use_priors: bool = Field(
         True,
         description="where the service runs with granularity priors: add the best proposal "
@@ -188,7 +191,9 @@ class EverythingRequest(_StrictRequest):
     box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0)
     min_mask_region_area: int = Field(0, ge=0, le=10_000_000)
     max_masks: int = Field(256, ge=1, le=4096, description="keep the largest-scoring N")
-    output: List[OutputFormat] = Field(default_factory=lambda: ["rle"], min_length=1)
+    output: List[OutputFormat] = Field(
+        default_factory=lambda: ["rle"], min_length=1, max_length=OUTPUTS_CAP
+    )
 
 
 class EverythingMask(_Strict):

@@ -820,3 +820,27 @@ def test_oversized_grpc_image_answers_payload_too_large(start_grpc_service) -> N
         small.stub.Embed(pb.EmbedRequest(image=far), timeout=30)
     assert info.value.code() == exhausted
     assert "edgesam-error-code" not in dict(info.value.trailing_metadata() or ())
+
+
+def test_a_huge_content_type_still_gets_our_error_code(both: BothTransports) -> None:
+    """The refusal quotes the content type: cut short, so the error itself stays small
+    enough for gRPC's trailing metadata and for a client's log."""
+    huge = "image/" + "x" * 100_000
+    data = png_bytes(test_image(10, 10, seed=2))
+    r = both.http.post("/v1/embed", content=data, headers={"content-type": huge})
+    http_error(r, 415, "unsupported_media_type")
+    assert len(r.json()["message"]) < 300
+    grpc_error(
+        lambda: both.stub.Embed(pb.EmbedRequest(image=data, content_type=huge), timeout=30),
+        INVALID,
+        "unsupported_media_type",
+    )
+
+
+def test_output_lists_are_bounded(both: BothTransports, image_id: str) -> None:
+    fields = {"image_id": image_id, "box": [0, 0, 5, 5]}
+    ok = both.http.post("/v1/segment", json={**fields, "output": ["rle", "png", "rle"]})
+    assert ok.status_code == 200, ok.text
+    r = both.http.post("/v1/segment", json={**fields, "output": ["rle"] * 100_000})
+    http_error(r, 422, "invalid_request")
+    assert r.json()["message"].startswith("output"), r.json()

@@ -118,6 +118,16 @@ def test_embedding_not_found_is_healed_by_embedding_again() -> None:
         t.segment("b" * 64, points=[[1, 1]])
 
 
+def test_an_upper_case_image_id_is_an_id_and_heals_like_any_other() -> None:
+    data, _ = image_bytes(np.zeros((3, 4, 3), np.uint8))
+    gone = make_error("embedding_not_found", "expired", 404)
+    t = FakeTransport({"embed": [None, None], "segment": [gone, OK]})
+    image_id = t.embed(data).image_id
+    assert t.image_id(image_id.upper()) == image_id  # an id, not a file name
+    assert t.segment(image_id.upper(), points=[[1, 1]]) is OK
+    assert t.calls == ["embed", "segment", "embed", "segment"]
+
+
 def test_segment_with_an_image_embeds_only_when_the_server_lacks_it() -> None:
     image = np.zeros((3, 4, 3), np.uint8)
     t = FakeTransport({"has": [False], "embed": [None], "segment": [OK, OK]})
