@@ -4,8 +4,9 @@
 
 For every backend and batch size: median latency and images/s of `backend.encode`; then, per
 backend, `set_image` (preprocess a 512x512 photo + encode) and a one-point predict (decode +
-masks at the original size). Timed runs are interleaved round-robin over the backends, so load
-from other processes on a shared machine hits all of them alike; compare the ratios.
+masks at the original size), for the single mask and for SAM's three. Timed runs are
+interleaved round-robin over the backends, so load from other processes on a shared machine
+hits all of them alike; compare the ratios.
 Baseline is `torch-eager`: the official implementation's path (unfused PyTorch fp32 encoder,
 official two-step F.interpolate post-processing in predict).
 """
@@ -129,13 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     measure("set_image", lambda n, b: lambda: encode_images(b, [photo]))
     embeddings = {n: encode_images(b, [photo])[0] for n, b in backends.items()}
 
-    def predict_job(n: str, b: Backend) -> Callable[[], object]:
+    def predict_job(n: str, b: Backend, masks: int = 1) -> Callable[[], object]:
         if n != "torch-eager":
-            return lambda: decode(b, embeddings[n], **point, num_multimask_outputs=1).masks()
+            return lambda: decode(b, embeddings[n], **point, num_multimask_outputs=masks).masks()
 
         # the official path: prompt decode, then F.interpolate to 1024, crop, resize
         def official() -> torch.Tensor:
-            res = decode(b, embeddings[n], **point, num_multimask_outputs=1)
+            res = decode(b, embeddings[n], **point, num_multimask_outputs=masks)
             return (
                 postprocess_masks_reference(res.low_res_logits, res.input_size, res.original_size)
                 > 0
@@ -144,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         return official
 
     measure("predict", predict_job)
+    # SAM's multimask answer (3 masks): backends that upscale only the masks asked for
+    # (PyTorch, ONNX Runtime's split decoder) pay more here than for the single mask
+    measure("predict_3", lambda n, b: predict_job(n, b, 3))
 
     base = results["torch-eager"]
     print()
