@@ -78,7 +78,9 @@ class Settings(BaseSettings):
     redis_retry_seconds: float = Field(2.0, ge=0, le=300)
     redis_max_connections: int = Field(32, ge=1, le=1024)
     cache_ttl_seconds: int = Field(3600, ge=1, le=30 * 86400)
-    cache_dtype: Literal["float16", "float32"] = "float16"
+    # auto: what the encoder computes in, so the cache never rounds an embedding (float32
+    # for an fp32 encoder; float16, lossless and half the memory, for fp16 and bf16 ones)
+    cache_dtype: Literal["auto", "float16", "float32"] = "auto"
     lru_max_bytes: int = Field(256 * 1024 * 1024, ge=0)
 
     # Limits
@@ -151,6 +153,13 @@ class Settings(BaseSettings):
         if self.device.startswith("cpu") and self.precision != "fp32":
             raise ValueError("EDGESAM_PRECISION must be fp32 on the CPU")
         return self
+
+    def cache_storage_dtype(self, encoder_precision: str) -> str:
+        """The dtype embeddings and masks are cached in, `auto` resolved for an encoder
+        computing in `encoder_precision` (fp32, fp16, bf16)."""
+        if self.cache_dtype != "auto":
+            return self.cache_dtype
+        return "float32" if encoder_precision == "fp32" else "float16"
 
     def runtime(self) -> Tuple[str, str]:
         """(backend, device) with `auto` resolved on this machine: the device is CUDA when

@@ -347,7 +347,7 @@ class SegmentationService:
                 connect_timeout=s.redis_connect_timeout,
                 retry_seconds=s.redis_retry_seconds,
                 max_connections=s.redis_max_connections,
-                dtype=s.cache_dtype,
+                dtype=s.cache_storage_dtype(backend.info.precision),
                 with_priors=s.priors_checkpoint is not None,
             )
             if s.priors_checkpoint is not None and self.priors is None:
@@ -372,12 +372,13 @@ class SegmentationService:
         self.metrics.ready.set(0 if self._draining else 1)
         info = self.backend.info
         log.info(
-            "ready: backend=%s device=%s precision=%s fingerprint=%s cache=%s",
+            "ready: backend=%s device=%s precision=%s fingerprint=%s cache=%s (%s)",
             info.name,
             info.device,
             info.precision,
             info.fingerprint,
             "redis+lru" if s.redis_url else "lru",
+            self.cache.dtype,
         )
 
     def _load_backend(self) -> Backend:

@@ -114,8 +114,10 @@ def _segment_every_call(  # type: ignore[no-untyped-def]
 def test_golden_masks_through_the_service(
     start_service, backend, golden, redis_url: str, redis_prefix: str
 ) -> None:
+    # float16 (an opt-in for an fp32 encoder) rounds the embedding: both replicas must still
+    # answer alike, each from the same numbers
     first: RunningService = start_service(
-        backend=backend, redis_url=redis_url, redis_key_prefix=redis_prefix
+        backend=backend, redis_url=redis_url, redis_key_prefix=redis_prefix, cache_dtype="float16"
     )
     r = first.client.post("/v1/embed", content=png_bytes(golden["image"]), headers=PNG)
     assert r.status_code == 200, r.text
@@ -124,14 +126,13 @@ def test_golden_masks_through_the_service(
     embedding = encode_images(backend, [golden["image"]])[0]
     np.testing.assert_allclose(embedding.embedding.numpy(), golden["image_embedding"], atol=1e-3)
 
-    # Embeddings are cached as float16 (the default): only pixels whose reference logit is
-    # within 1e-3 of 0 may differ.
+    # Only pixels whose reference logit is within 1e-3 of 0 may differ.
     answers = _segment_every_call(first.client, backend, golden, image_id, embedding, 1e-3, 60)
 
     # A second instance shares only Redis: it decodes from the copy there, the same numbers
     # as the first instance's LRU, so it answers exactly the same.
     second: RunningService = start_service(
-        backend=backend, redis_url=redis_url, redis_key_prefix=redis_prefix
+        backend=backend, redis_url=redis_url, redis_key_prefix=redis_prefix, cache_dtype="float16"
     )
     hit = second.client.post("/v1/embed", content=png_bytes(golden["image"]), headers=PNG).json()
     assert hit["cached"] is True and hit["image_id"] == image_id
@@ -174,15 +175,14 @@ def test_golden_masks_through_the_service(
     assert (got != _masks(answers["p1"])[0]).sum() > 0  # the mask input changed the answer
 
 
-def test_float32_cache_answers_the_encoder_exactly(
+def test_the_default_cache_answers_the_encoder_exactly(
     start_service, backend, golden, redis_url: str, redis_prefix: str
 ) -> None:
+    """EDGESAM_CACHE_DTYPE=auto keeps an fp32 encoder's embeddings in float32."""
     rs: RunningService = start_service(
-        backend=backend,
-        redis_url=redis_url,
-        redis_key_prefix=redis_prefix + "f32:",
-        cache_dtype="float32",
+        backend=backend, redis_url=redis_url, redis_key_prefix=redis_prefix + "f32:"
     )
+    assert rs.service.cache.dtype == "float32"
     r = rs.client.post("/v1/embed", content=png_bytes(golden["image"]), headers=PNG)
     assert r.status_code == 200, r.text
     embedding = encode_images(backend, [golden["image"]])[0]

@@ -116,3 +116,17 @@ def test_forwarder_takes_its_timeout_and_attempts_from_the_settings(
     assert (forwarder.timeout_s, forwarder.attempts) == (7.5, 2)
     monkeypatch.setenv("EDGESAM_ROLE", "all")
     assert make_forwarder(Settings()) is None
+
+
+def test_auto_cache_dtype_follows_the_encoder_precision() -> None:
+    """The cache never rounds what the encoder computed: float32 for fp32, float16 (exact for
+    fp16, and for bf16 within float16's range) otherwise; explicit values pass through."""
+    auto = Settings()
+    assert auto.cache_dtype == "auto"
+    assert auto.cache_storage_dtype("fp32") == "float32"
+    assert auto.cache_storage_dtype("fp16") == "float16"
+    assert auto.cache_storage_dtype("bf16") == "float16"
+    assert Settings(cache_dtype="float16").cache_storage_dtype("fp32") == "float16"
+    assert Settings(cache_dtype="float32").cache_storage_dtype("fp16") == "float32"
+    with pytest.raises(ValueError, match="cache_dtype"):
+        Settings(cache_dtype="int8")
