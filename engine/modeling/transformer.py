@@ -87,7 +87,7 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, self.internal_dim))
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """BxNxinternal projections -> contiguous Bxheadsx Nxd, the layout `attend` reads."""
+        """BxNxinternal projections -> contiguous BxheadsxNxd, the layout `attend` reads."""
         return self._split(x).contiguous()
 
     def forward(
