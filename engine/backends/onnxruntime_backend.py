@@ -244,7 +244,7 @@ class OnnxRuntimeBackend(Backend):
         batch_dim = self._enc.get_inputs()[0].shape[0]
         self.encoder_batch_fixed = isinstance(batch_dim, int)
         self.max_batch = int(max_batch)
-        self._zeros: dict[int, np.ndarray] = {}
+        self._zeros = np.zeros((0, 1, 256, 256), np.float32)
         self._zeros_lock = threading.Lock()
         self._image_side_sess: Any = None
         self._prompt_sess: Any = None
@@ -479,14 +479,13 @@ class OnnxRuntimeBackend(Backend):
         return torch.from_numpy(np.concatenate(masks)), torch.from_numpy(np.concatenate(scores))
 
     def _zero_masks(self, b: int) -> np.ndarray:
+        """A read-only Bx1x256x256 zero mask input: a view of one buffer, grown to the
+        largest batch seen, so it never holds more than one batch's worth."""
         with self._zeros_lock:
-            z = self._zeros.get(b)
-            if z is None:
-                z = np.zeros((b, 1, 256, 256), np.float32)
-                z.setflags(write=False)
-                if len(self._zeros) < 16:
-                    self._zeros[b] = z
-            return z
+            if self._zeros.shape[0] < b:
+                self._zeros = np.zeros((b, 1, 256, 256), np.float32)
+                self._zeros.setflags(write=False)
+            return self._zeros[:b]
 
     def close(self) -> None:
         self._enc = None  # type: ignore[assignment]

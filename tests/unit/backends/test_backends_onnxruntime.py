@@ -442,3 +442,14 @@ def test_split_files_from_another_export_are_ignored(exported, tmp_path: Path, s
     backend = OnnxRuntimeBackend(tmp_path / exported["encoder"].name, intra_op_num_threads=2)
     assert backend.info.details["split_decoder"] == "false"
     backend.close()
+
+
+def test_zero_mask_inputs_share_one_bounded_buffer(ort_ours) -> None:
+    sizes = [3, 1, 7, 2, 7, 5]
+    largest = max(ort_ours._zeros.shape[0], *sizes)  # the fixture may have decoded before
+    masks = [ort_ours._zero_masks(b) for b in sizes]
+    assert [m.shape for m in masks] == [(b, 1, 256, 256) for b in sizes]
+    assert all(not m.any() and not m.flags.writeable and m.flags.c_contiguous for m in masks)
+    # one buffer, the size of the largest batch seen: not one array per batch size
+    assert ort_ours._zeros.shape[0] == largest
+    assert all(np.shares_memory(m, ort_ours._zeros) for m in masks[2:])
