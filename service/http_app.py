@@ -85,6 +85,7 @@ ERROR_RESPONSES: Dict[Union[int, str], Dict[str, Any]] = {
         (413, "body or image too large"),
         (415, "not JPEG, PNG or WebP; or a JSON body not sent as application/json"),
         (422, "invalid request or prompt"),
+        (500, "internal_error or backend_error: the server logged the details"),
         (503, "overloaded or not ready (Retry-After)"),
     )
 }
@@ -345,14 +346,37 @@ def create_app(
         result = await svc.segment(body)
         return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
 
-    @app.post("/v1/everything", response_model=EverythingResult, summary="Everything mode")
+    @app.post(
+        "/v1/everything",
+        response_model=EverythingResult,
+        summary="Everything mode",
+        responses={
+            501: {"model": ErrorBody, "description": "unavailable_feature: not in this build"}
+        },
+    )
     async def everything(body: EverythingRequest) -> Response:
         result = await svc.everything(body)
         return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
 
-    @app.head("/v1/embeddings/{image_id}", summary="Is this embedding cached?")
+    # HEAD answers carry headers only: the 200 declares no content, and a 404 carries an
+    # error's headers (application/json) like every other error, its body left out.
+    @app.head(
+        "/v1/embeddings/{image_id}",
+        summary="Is this embedding cached?",
+        response_class=Response,
+        responses={
+            200: {"description": "cached"},
+            404: {
+                "model": ErrorBody,
+                "description": "embedding_not_found: not cached (unknown or expired)",
+            },
+        },
+    )
     async def head_embedding(image_id: ImageIdPath) -> Response:
-        return Response(status_code=200 if await svc.exists(image_id.lower()) else 404)
+        image_id = image_id.lower()
+        if not await svc.exists(image_id):
+            raise EmbeddingNotFound(f"no embedding for image_id {image_id}")
+        return Response(status_code=200)
 
     @app.delete("/v1/embeddings/{image_id}", status_code=204, summary="Forget an embedding")
     async def delete_embedding(image_id: ImageIdPath) -> Response:
@@ -365,7 +389,17 @@ def create_app(
     async def healthz() -> Dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/readyz", response_model=Readiness, summary="Readiness")
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        summary="Readiness",
+        responses={
+            503: {
+                "model": Readiness,
+                "description": "not ready: loading, failed or draining (Retry-After)",
+            }
+        },
+    )
     async def readyz() -> Response:
         state = await svc.readiness()
         return Response(
@@ -375,7 +409,17 @@ def create_app(
             headers={} if state.ready else {"Retry-After": "2"},
         )
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text exposition format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def metrics() -> Response:
         sync = getattr(svc.encoder, "sync_metrics", None)
         if sync is not None:
