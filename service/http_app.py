@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import codecs
@@ -91,9 +92,9 @@ ERROR_RESPONSES: Dict[Union[int, str], Dict[str, Any]] = {
 }
 
 
-def error_response(exc: BaseException) -> JSONResponse:
+def error_response(exc: BaseException, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
     spec = spec_for(exc)
-    headers = {}
+    headers = dict(headers or {})
     retry_after = getattr(exc, "retry_after", None)
     if spec.http_status == 503:
         headers["Retry-After"] = str(int(retry_after or 1))
@@ -104,6 +105,18 @@ def error_response(exc: BaseException) -> JSONResponse:
         status_code=spec.http_status,
         headers=headers,
     )
+
+
+def _allowed_methods(request: Request, given: Optional[str]) -> Optional[str]:
+    """The Allow header of a 405 (RFC 9110 requires one): the methods of every route on
+    this path. Starlette names only the first route that matched the path, and HEAD
+    /v1/embeddings/{id} and DELETE /v1/embeddings/{id} are two routes."""
+    methods = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= set(route_methods)
+    return ", ".join(sorted(methods)) if methods else given
 
 
 class EdgeSamMiddleware:
@@ -295,13 +308,17 @@ def create_app(
         return error_response(_validation_error_of(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, ServiceError):
             return error_response(exc.__cause__)
         if exc.status_code == 404:
             return error_response(RouteNotFound("no such route"))
         if exc.status_code == 405:
-            return error_response(MethodNotAllowed("method not allowed on this route"))
+            allow = _allowed_methods(request, (exc.headers or {}).get("Allow"))
+            return error_response(
+                MethodNotAllowed("method not allowed on this route"),
+                {"Allow": allow} if allow else None,
+            )
         if exc.status_code == 413:
             return error_response(PayloadTooLarge("the body is too large"))
         return error_response(InvalidRequest(str(exc.detail)))

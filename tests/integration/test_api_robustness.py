@@ -970,3 +970,24 @@ def test_server_side_failures_are_declared_in_the_openapi_schema(
     r = c.get("/readyz")
     assert r.status_code == 503 and r.json()["status"] == "draining"
     assert_documented(spec, "GET", "/readyz", r)
+
+
+@pytest.mark.parametrize(
+    "method,path,allow",
+    [
+        ("GET", "/v1/embeddings/" + "a" * 64, "DELETE, HEAD"),
+        ("PUT", "/v1/embeddings/" + "a" * 64, "DELETE, HEAD"),
+        ("GET", "/v1/segment", "POST"),
+        ("TRACE", "/v1/embed", "POST"),
+        ("POST", "/readyz", "GET"),
+        ("DELETE", "/static/app.js", "GET, HEAD"),
+    ],
+)
+def test_method_not_allowed_names_the_allowed_methods(
+    both: BothTransports, method: str, path: str, allow: str
+) -> None:
+    """RFC 9110: a 405 carries Allow. The error handler dropped Starlette's header, which
+    named only the first route on the path (HEAD, not DELETE, on /v1/embeddings/{id})."""
+    r = both.http.request(method, path)
+    http_error(r, 405, "method_not_allowed")
+    assert r.headers.get("allow") == allow
