@@ -220,8 +220,8 @@ def _validation_message(exc: RequestValidationError) -> str:
     kind = first.get("type", "")
     if kind == "json_invalid":
         return "the body is not valid JSON"
-    if kind == "extra_forbidden":
-        return f"unknown field {loc!r}"
+    if kind == "extra_forbidden":  # a client's name, cut short as codecs.quoted_media does
+        return f"unknown field {codecs.quoted_media(loc)}"
     if kind == "missing":
         return f"missing field {loc!r}"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
@@ -461,7 +461,9 @@ async def _multipart_file(request: Request, max_bytes: int) -> Tuple[bytes, str]
     except Exception as exc:  # malformed multipart bodies
         if isinstance(exc.__cause__, ServiceError):
             raise exc.__cause__ from exc
-        raise InvalidRequest(f"the multipart body could not be parsed: {exc}") from exc
+        # Starlette's HTTPException reads "400: <detail>"; the answer is 422, so the detail only
+        reason = exc.detail if isinstance(exc, StarletteHTTPException) else exc
+        raise InvalidRequest(f"the multipart body could not be parsed: {reason}") from exc
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):

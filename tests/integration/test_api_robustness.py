@@ -991,3 +991,20 @@ def test_method_not_allowed_names_the_allowed_methods(
     r = both.http.request(method, path)
     http_error(r, 405, "method_not_allowed")
     assert r.headers.get("allow") == allow
+
+
+def test_error_messages_stay_short_and_name_the_problem(
+    both: BothTransports, image_id: str
+) -> None:
+    """A multipart refusal (422) no longer quotes Starlette's "400: ...", and an unknown
+    field's name is cut short as a content type is (a 100 kB name was echoed whole)."""
+    r = both.http.post("/v1/embed", content=b"xx", headers={"content-type": "multipart/form-data"})
+    http_error(r, 422, "invalid_request")
+    assert "400" not in r.json()["message"] and "boundary" in r.json()["message"]
+    body = {"image_id": image_id, "box": [0, 0, 5, 5], "k" * 100_000: 1}
+    r = both.http.post("/v1/segment", json=body)
+    http_error(r, 422, "invalid_request")
+    assert r.json()["message"].startswith("unknown field 'kkk")
+    assert len(r.json()["message"]) < 300
+    r = both.http.post("/v1/segment", json={"image_id": image_id, "box": [0, 0, 5, 5], "x": 1})
+    assert r.json()["message"] == "unknown field 'x'"
