@@ -264,6 +264,11 @@ def _check_inside(xy: np.ndarray, w: int, h: int, what: str) -> None:
         )
 
 
+class _Abandoned(Exception):
+    """The request computing an embedding was cancelled before it finished; the requests
+    waiting on it compute it themselves."""
+
+
 class SegmentationService:
     """The one core behind every transport. Safe for concurrent requests: it holds no
     per-image state besides the cache."""
@@ -444,9 +449,14 @@ class SegmentationService:
             return self._embed_result(image_id, hit[0], True, hit[1])
         if self.forwarder is not None:
             return await self.forwarder.embed(data, content_type)
-        running = self._inflight.get(image_id)
-        if running is not None:
-            emb = await asyncio.shield(running)
+        while True:
+            running = self._inflight.get(image_id)
+            if running is None:
+                break
+            try:
+                emb = await asyncio.shield(running)
+            except _Abandoned:
+                continue  # its owner was cancelled: compute it here (or wait on a newer one)
             return self._embed_result(image_id, emb, True, cache.ttl)
         if self.encoder is None:
             raise EncoderUnavailable(
@@ -467,6 +477,13 @@ class SegmentationService:
                 raise BackendFailure("the encoder failed; see the server log") from exc
             await cache.put_embedding(image_id, emb)
             future.set_result(emb)
+        except asyncio.CancelledError:
+            # This request's own cancellation (a gRPC deadline, a client gone) is no error of
+            # the requests waiting on it: raised in them it ended them with no answer (HTTP
+            # fell through to the server's plain-text 500).
+            if not future.done():
+                future.set_exception(_Abandoned())
+            raise
         except BaseException as exc:
             if not future.done():
                 future.set_exception(exc)

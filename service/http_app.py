@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import codecs
@@ -85,14 +86,15 @@ ERROR_RESPONSES: Dict[Union[int, str], Dict[str, Any]] = {
         (413, "body or image too large"),
         (415, "not JPEG, PNG or WebP; or a JSON body not sent as application/json"),
         (422, "invalid request or prompt"),
+        (500, "internal_error or backend_error: the server logged the details"),
         (503, "overloaded or not ready (Retry-After)"),
     )
 }
 
 
-def error_response(exc: BaseException) -> JSONResponse:
+def error_response(exc: BaseException, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
     spec = spec_for(exc)
-    headers = {}
+    headers = dict(headers or {})
     retry_after = getattr(exc, "retry_after", None)
     if spec.http_status == 503:
         headers["Retry-After"] = str(int(retry_after or 1))
@@ -103,6 +105,18 @@ def error_response(exc: BaseException) -> JSONResponse:
         status_code=spec.http_status,
         headers=headers,
     )
+
+
+def _allowed_methods(request: Request, given: Optional[str]) -> Optional[str]:
+    """The Allow header of a 405 (RFC 9110 requires one): the methods of every route on
+    this path. Starlette names only the first route that matched the path, and HEAD
+    /v1/embeddings/{id} and DELETE /v1/embeddings/{id} are two routes."""
+    methods = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= set(route_methods)
+    return ", ".join(sorted(methods)) if methods else given
 
 
 class EdgeSamMiddleware:
@@ -206,8 +220,8 @@ def _validation_message(exc: RequestValidationError) -> str:
     kind = first.get("type", "")
     if kind == "json_invalid":
         return "the body is not valid JSON"
-    if kind == "extra_forbidden":
-        return f"unknown field {loc!r}"
+    if kind == "extra_forbidden":  # a client's name, cut short as codecs.quoted_media does
+        return f"unknown field {codecs.quoted_media(loc)}"
     if kind == "missing":
         return f"missing field {loc!r}"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
@@ -294,13 +308,17 @@ def create_app(
         return error_response(_validation_error_of(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, ServiceError):
             return error_response(exc.__cause__)
         if exc.status_code == 404:
             return error_response(RouteNotFound("no such route"))
         if exc.status_code == 405:
-            return error_response(MethodNotAllowed("method not allowed on this route"))
+            allow = _allowed_methods(request, (exc.headers or {}).get("Allow"))
+            return error_response(
+                MethodNotAllowed("method not allowed on this route"),
+                {"Allow": allow} if allow else None,
+            )
         if exc.status_code == 413:
             return error_response(PayloadTooLarge("the body is too large"))
         return error_response(InvalidRequest(str(exc.detail)))
@@ -345,14 +363,37 @@ def create_app(
         result = await svc.segment(body)
         return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
 
-    @app.post("/v1/everything", response_model=EverythingResult, summary="Everything mode")
+    @app.post(
+        "/v1/everything",
+        response_model=EverythingResult,
+        summary="Everything mode",
+        responses={
+            501: {"model": ErrorBody, "description": "unavailable_feature: not in this build"}
+        },
+    )
     async def everything(body: EverythingRequest) -> Response:
         result = await svc.everything(body)
         return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
 
-    @app.head("/v1/embeddings/{image_id}", summary="Is this embedding cached?")
+    # HEAD answers carry headers only: the 200 declares no content, and a 404 carries an
+    # error's headers (application/json) like every other error, its body left out.
+    @app.head(
+        "/v1/embeddings/{image_id}",
+        summary="Is this embedding cached?",
+        response_class=Response,
+        responses={
+            200: {"description": "cached"},
+            404: {
+                "model": ErrorBody,
+                "description": "embedding_not_found: not cached (unknown or expired)",
+            },
+        },
+    )
     async def head_embedding(image_id: ImageIdPath) -> Response:
-        return Response(status_code=200 if await svc.exists(image_id.lower()) else 404)
+        image_id = image_id.lower()
+        if not await svc.exists(image_id):
+            raise EmbeddingNotFound(f"no embedding for image_id {image_id}")
+        return Response(status_code=200)
 
     @app.delete("/v1/embeddings/{image_id}", status_code=204, summary="Forget an embedding")
     async def delete_embedding(image_id: ImageIdPath) -> Response:
@@ -365,7 +406,17 @@ def create_app(
     async def healthz() -> Dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/readyz", response_model=Readiness, summary="Readiness")
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        summary="Readiness",
+        responses={
+            503: {
+                "model": Readiness,
+                "description": "not ready: loading, failed or draining (Retry-After)",
+            }
+        },
+    )
     async def readyz() -> Response:
         state = await svc.readiness()
         return Response(
@@ -375,7 +426,17 @@ def create_app(
             headers={} if state.ready else {"Retry-After": "2"},
         )
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text exposition format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def metrics() -> Response:
         sync = getattr(svc.encoder, "sync_metrics", None)
         if sync is not None:
@@ -400,7 +461,9 @@ async def _multipart_file(request: Request, max_bytes: int) -> Tuple[bytes, str]
     except Exception as exc:  # malformed multipart bodies
         if isinstance(exc.__cause__, ServiceError):
             raise exc.__cause__ from exc
-        raise InvalidRequest(f"the multipart body could not be parsed: {exc}") from exc
+        # Starlette's HTTPException reads "400: <detail>"; the answer is 422, so the detail only
+        reason = exc.detail if isinstance(exc, StarletteHTTPException) else exc
+        raise InvalidRequest(f"the multipart body could not be parsed: {reason}") from exc
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):

@@ -19,7 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.backends.base import BackendError
 from proto.edgesam.v1 import segmentation_pb2 as pb
+from service.fake_backend import FakeBackend
+from service.schemas import EmbedResult, ErrorBody, EverythingResult, Readiness, SegmentResult
 from tests.conftest import delete_prefix
 from tests.integration import grpc_util
 from tests.integration.conftest import png_bytes, test_image
@@ -844,3 +847,164 @@ def test_output_lists_are_bounded(both: BothTransports, image_id: str) -> None:
     r = both.http.post("/v1/segment", json={**fields, "output": ["rle"] * 100_000})
     http_error(r, 422, "invalid_request")
     assert r.json()["message"].startswith("output"), r.json()
+
+
+# -- the published OpenAPI schema tells the truth ----------------------------------------------
+
+SCHEMA_MODELS = {
+    model.__name__: model
+    for model in (EmbedResult, ErrorBody, EverythingResult, Readiness, SegmentResult)
+}
+
+
+def assert_documented(spec: dict, method: str, template: str, r: httpx.Response) -> None:
+    """The answer's status is declared for the operation, its media type is the declared one
+    (none where none is declared) and its body validates against the declared model."""
+    responses = spec["paths"][template][method.lower()]["responses"]
+    where = f"{method} {template} answered {r.status_code}"
+    assert str(r.status_code) in responses, f"{where}; declared: {sorted(responses)}"
+    content = responses[str(r.status_code)].get("content")
+    media = r.headers.get("content-type", "").split(";")[0].strip()
+    if not content:
+        assert not media and not r.content, f"{where} with {media!r}; declared: no content"
+        return
+    assert media in content, f"{where} with {media!r}; declared: {sorted(content)}"
+    if method == "HEAD":
+        assert not r.content
+        return
+    ref = content[media]["schema"].get("$ref")
+    if ref:
+        SCHEMA_MODELS[ref.rsplit("/", 1)[1]].model_validate_json(r.content)
+
+
+def test_every_answer_is_declared_in_the_openapi_schema(
+    both: BothTransports, image_id: str
+) -> None:
+    """The answers a client meets, each checked against /openapi.json: schemathesis found
+    /metrics answering text/plain where application/json was declared, HEAD answering a 404
+    with no content type where an ErrorBody was declared, and 500/501 undeclared."""
+    spec = both.http.get("/openapi.json").json()
+    c = both.http
+    unknown = "0" * 64
+    png = {"content-type": "image/png"}
+    doomed = c.post("/v1/embed", content=png_bytes(test_image(20, 30, seed=77)), headers=png)
+    answers = {
+        ("GET", "/healthz"): [c.get("/healthz")],
+        ("GET", "/readyz"): [c.get("/readyz")],
+        ("GET", "/metrics"): [c.get("/metrics")],
+        ("HEAD", "/v1/embeddings/{image_id}"): [
+            c.head(f"/v1/embeddings/{image_id}"),
+            c.head(f"/v1/embeddings/{unknown}"),
+            c.head(f"/v1/embeddings/{'g' * 64}"),
+        ],
+        ("DELETE", "/v1/embeddings/{image_id}"): [
+            c.delete(f"/v1/embeddings/{doomed.json()['image_id']}"),
+            c.delete(f"/v1/embeddings/{unknown}"),
+            c.delete(f"/v1/embeddings/{'g' * 64}"),
+        ],
+        ("POST", "/v1/embed"): [
+            c.post("/v1/embed", content=PNG_BYTES, headers=png),
+            c.post("/v1/embed", content=PNG_BYTES[:100], headers=png),
+            c.post("/v1/embed", content=b"text", headers=png),
+            c.post("/v1/embed", content=BAD_IMAGES["above the pixel limit"][0](), headers=png),
+        ],
+        ("POST", "/v1/segment"): [
+            c.post("/v1/segment", json={"image_id": image_id, "box": [0, 0, 5, 5]}),
+            c.post("/v1/segment", json={"image_id": unknown, "box": [0, 0, 5, 5]}),
+            c.post("/v1/segment", json={"image_id": image_id}),
+        ],
+        ("POST", "/v1/everything"): [
+            c.post("/v1/everything", json={"image_id": image_id, "points_per_side": 2}),
+            c.post("/v1/everything", json={"image_id": unknown}),
+        ],
+    }
+    assert {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops} == set(answers)
+    statuses = set()
+    for (method, template), responses in answers.items():
+        for r in responses:
+            assert_documented(spec, method, template, r)
+            statuses.add(r.status_code)
+    assert statuses == {200, 204, 400, 404, 413, 415, 422}
+
+
+class FailingDecoder(FakeBackend):
+    """Decodes until `fail` is set, then fails as a broken runtime does."""
+
+    fail = False
+
+    def decode(self, *args: object, **kwargs: object) -> tuple:
+        if self.fail:
+            raise BackendError("the decoder is broken")
+        return super().decode(*args, **kwargs)
+
+
+def test_server_side_failures_are_declared_in_the_openapi_schema(
+    start_service,  # noqa: ANN001
+    redis_url: str,
+    redis_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """500 backend_error, 501 unavailable_feature, and /readyz's 503 (a Readiness body, not
+    an ErrorBody) were answered but not declared."""
+    backend = FailingDecoder()
+    rs = start_service(backend=backend, redis_url=redis_url, redis_key_prefix=redis_prefix)
+    c = rs.client
+    spec = c.get("/openapi.json").json()
+    image_id = c.post("/v1/embed", content=PNG_BYTES, headers={"content-type": "image/png"}).json()[
+        "image_id"
+    ]
+    backend.fail = True
+    r = c.post("/v1/everything", json={"image_id": image_id, "points_per_side": 2})
+    http_error(r, 500, "backend_error")
+    assert_documented(spec, "POST", "/v1/everything", r)
+    r = c.post("/v1/segment", json={"image_id": image_id, "box": [0, 0, 5, 5]})
+    http_error(r, 500, "backend_error")
+    assert_documented(spec, "POST", "/v1/segment", r)
+    from engine.amg import EdgeSamAutomaticMaskGenerator
+
+    monkeypatch.delattr(EdgeSamAutomaticMaskGenerator, "generate_from_embedding")
+    r = c.post("/v1/everything", json={"image_id": image_id})
+    http_error(r, 501, "unavailable_feature")
+    assert_documented(spec, "POST", "/v1/everything", r)
+    rs.service.begin_drain()
+    r = c.get("/readyz")
+    assert r.status_code == 503 and r.json()["status"] == "draining"
+    assert_documented(spec, "GET", "/readyz", r)
+
+
+@pytest.mark.parametrize(
+    "method,path,allow",
+    [
+        ("GET", "/v1/embeddings/" + "a" * 64, "DELETE, HEAD"),
+        ("PUT", "/v1/embeddings/" + "a" * 64, "DELETE, HEAD"),
+        ("GET", "/v1/segment", "POST"),
+        ("TRACE", "/v1/embed", "POST"),
+        ("POST", "/readyz", "GET"),
+        ("DELETE", "/static/app.js", "GET, HEAD"),
+    ],
+)
+def test_method_not_allowed_names_the_allowed_methods(
+    both: BothTransports, method: str, path: str, allow: str
+) -> None:
+    """RFC 9110: a 405 carries Allow. The error handler dropped Starlette's header, which
+    named only the first route on the path (HEAD, not DELETE, on /v1/embeddings/{id})."""
+    r = both.http.request(method, path)
+    http_error(r, 405, "method_not_allowed")
+    assert r.headers.get("allow") == allow
+
+
+def test_error_messages_stay_short_and_name_the_problem(
+    both: BothTransports, image_id: str
+) -> None:
+    """A multipart refusal (422) no longer quotes Starlette's "400: ...", and an unknown
+    field's name is cut short as a content type is (a 100 kB name was echoed whole)."""
+    r = both.http.post("/v1/embed", content=b"xx", headers={"content-type": "multipart/form-data"})
+    http_error(r, 422, "invalid_request")
+    assert "400" not in r.json()["message"] and "boundary" in r.json()["message"]
+    body = {"image_id": image_id, "box": [0, 0, 5, 5], "k" * 100_000: 1}
+    r = both.http.post("/v1/segment", json=body)
+    http_error(r, 422, "invalid_request")
+    assert r.json()["message"].startswith("unknown field 'kkk")
+    assert len(r.json()["message"]) < 300
+    r = both.http.post("/v1/segment", json={"image_id": image_id, "box": [0, 0, 5, 5], "x": 1})
+    assert r.json()["message"] == "unknown field 'x'"

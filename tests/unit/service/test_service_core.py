@@ -92,6 +92,30 @@ def test_concurrent_embeds_of_one_image_run_the_encoder_once() -> None:
     asyncio.run(run())
 
 
+def test_a_cancelled_embed_leaves_its_waiters_an_answer() -> None:
+    """The first embed of an image is cancelled (a gRPC deadline) while a second request
+    waits on it: the second computes the embedding itself instead of ending with the first
+    one's CancelledError (over HTTP that was the server's plain-text 500)."""
+
+    async def run() -> None:
+        backend = FakeBackend(encode_delay_s=0.3)
+        svc = SegmentationService(Settings(grpc_port=0), backend=backend, random_weights=False)
+        await svc.start()
+        data = png_bytes(np.full((20, 30, 3), 9, np.uint8))
+        owner = asyncio.ensure_future(svc.embed(data, "image/png"))
+        await asyncio.sleep(0.1)
+        waiter = asyncio.ensure_future(svc.embed(data, "image/png"))
+        await asyncio.sleep(0.05)
+        owner.cancel()
+        result = await asyncio.wait_for(waiter, 30)
+        assert owner.cancelled()
+        assert (result.width, result.height, result.cached) == (30, 20, False)
+        assert (await svc.embed(data, "image/png")).cached
+        await svc.close()
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize("role", ["all", "encoder", "decoder"])
 def test_only_replicas_that_encode_warm_the_encoder(role: str) -> None:
     async def run() -> None:
