@@ -449,8 +449,32 @@ def create_app(
         mount_web = None
     if mount_web is not None:
         mount_web(app)
+    if settings.api_key_values():
+        _declare_api_keys(app)
     app.add_middleware(EdgeSamMiddleware, service=svc)
     return app
+
+
+def _declare_api_keys(app: FastAPI) -> None:
+    """The published schema says what the middleware asks for: a key in X-API-Key or as a
+    bearer token on every path but the open ones (generated clients then send it)."""
+    plain_openapi = app.openapi
+
+    def openapi_with_keys() -> Dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = plain_openapi()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "BearerKey": {"type": "http", "scheme": "bearer"},
+            }
+            schema["security"] = [{"ApiKeyHeader": []}, {"BearerKey": []}]
+            for path, operations in schema.get("paths", {}).items():
+                if _is_open(path):
+                    for operation in operations.values():
+                        operation["security"] = []
+        return app.openapi_schema
+
+    app.openapi = openapi_with_keys  # type: ignore[method-assign]
 
 
 async def _multipart_file(request: Request, max_bytes: int) -> Tuple[bytes, str]:

@@ -383,6 +383,16 @@ def test_api_keys(start_service) -> None:
         "/v1/embed", content=png_bytes(test_image()), headers={**PNG, "x-api-key": "first-key-123"}
     )
     assert r.status_code == 200
+    # the published schema asks for the key where the middleware does, and only there
+    schema = c.get("/openapi.json", headers={"x-api-key": "first-key-123"}).json()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["ApiKeyHeader"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert schemes["BearerKey"] == {"type": "http", "scheme": "bearer"}
+    assert schema["security"] == [{"ApiKeyHeader": []}, {"BearerKey": []}]
+    assert schema["paths"]["/healthz"]["get"]["security"] == []
+    assert "security" not in schema["paths"]["/v1/segment"]["post"]  # the global one applies
+    open_schema = start_service().client.get("/openapi.json").json()
+    assert "security" not in open_schema and "securitySchemes" not in open_schema["components"]
 
 
 def test_random_weights_header_on_every_answer(start_service) -> None:
