@@ -22,7 +22,7 @@ import logging
 import os
 import queue
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,6 +48,7 @@ from engine.backends.trt_logic import (
     weak_precision_refusal,
     write_engine_file,
 )
+from engine.transforms import normalize_pixels
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16")
@@ -421,6 +422,14 @@ class TensorRTBackend(Backend):
             **build_options,
         )
         return cls(written[0], device, None, num_contexts)
+
+    @torch.inference_mode()
+    def encode_pixels(
+        self, pixels: torch.Tensor, input_sizes: Sequence[tuple[int, int]]
+    ) -> torch.Tensor:
+        # uint8 crosses the bus, a quarter of float32's bytes, and SAM's normalisation runs on
+        # the GPU (as TorchBackend does: 2x its host-to-host throughput on an H100)
+        return self.encode(normalize_pixels(pixels.to(self.device), input_sizes))
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, 1024, 1024):

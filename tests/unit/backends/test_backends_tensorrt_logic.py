@@ -353,3 +353,37 @@ def test_opset_16_decoder_has_no_layer_norm_and_the_same_numbers(tmp_path: Path)
         outs[opset] = session.run(None, {k: feeds[k] for k in DECODER_INPUTS})
     for a, b in zip(outs[16], outs[17]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_pixels_cross_to_the_device_as_uint8_and_are_normalised_there(monkeypatch) -> None:  # noqa: ANN001
+    """No TensorRT needed: the backend's encode_pixels with a recording encoder runner."""
+    import torch
+
+    import engine.backends.tensorrt_backend as trt_backend
+    from engine.backends.base import Backend
+    from engine.transforms import normalize_pixels
+
+    seen_dtypes: list[torch.dtype] = []
+
+    def spy(pixels, sizes, dtype=torch.float32):  # noqa: ANN001, ANN202
+        seen_dtypes.append(pixels.dtype)
+        return normalize_pixels(pixels, sizes, dtype)
+
+    class Runner:
+        def __init__(self) -> None:
+            self.feeds: list[torch.Tensor] = []
+
+        def run(self, feeds):  # noqa: ANN001, ANN202
+            self.feeds.append(feeds["image"])
+            return {"image_embeddings": feeds["image"].mean(dim=(2, 3), keepdim=True)}
+
+    backend = object.__new__(trt_backend.TensorRTBackend)
+    backend.device, backend.max_batch, backend._enc = torch.device("cpu"), 2, Runner()
+    monkeypatch.setattr(trt_backend, "normalize_pixels", spy)
+    pixels = torch.randint(0, 256, (3, 3, 1024, 1024), dtype=torch.uint8)
+    sizes = [(1024, 700), (512, 1024), (1024, 1024)]
+    got = backend.encode_pixels(pixels, sizes)
+    assert seen_dtypes == [torch.uint8]  # the uint8 pixels were what the device got
+    want = Backend.encode_pixels(backend, pixels, sizes)  # normalised on the host
+    assert torch.equal(got, want)
+    assert [f.shape[0] for f in backend._enc.feeds] == [2, 1, 2, 1]  # max_batch splits
