@@ -9,6 +9,9 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.types import Scope
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # The page is plain files; a short cache keeps reloads fast without pinning old versions.
@@ -37,6 +40,13 @@ def mount_web(app: FastAPI) -> None:
 
 class _Static(StaticFiles):
     """StaticFiles with revalidation on every load (ETag / Last-Modified still apply)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        # A 405 must carry Allow (RFC 9110). Older Starlette's StaticFiles sends none: the
+        # releases installed on Python 3.8 and 3.9 (0.44, 0.49) among them.
+        if scope["method"] not in ("GET", "HEAD"):
+            raise HTTPException(status_code=405, headers={"Allow": "GET, HEAD"})
+        return await super().get_response(path, scope)
 
     def file_response(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         response = super().file_response(*args, **kwargs)
