@@ -33,7 +33,7 @@ WIDE_GREY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 def _wide_grey_to_l(image: Image.Image) -> Image.Image:
     """16-bit greyscale -> 8-bit greyscale by its high byte, as PIL reads 16-bit colour PNGs."""
     wide = np.asarray(image).astype(np.int64)
-    return Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), "L")
+    return Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8))  # 2-D uint8: mode L
 
 
 def content_hash(data: bytes) -> str:
