@@ -172,6 +172,34 @@ def test_reproduces_official_amg_runs(case_a, golden, tag):
     assert backend.calls == {"encode": 1, "decode": 1}  # all four runs share one decode
 
 
+@pytest.fixture(scope="module")
+def case_a_onnxruntime(
+    golden, reference_dir, tmp_path_factory
+) -> tuple[MemoBackend, ImageEmbedding]:
+    """The CPU's `auto` backend: our ONNX export in ONNX Runtime, whose split decoder
+    upscales only the three multimask tokens everything mode asks for."""
+    from engine.loader import load_model
+
+    ort = load_model(
+        reference_dir / "case_a" / "weights.safetensors",
+        backend="onnxruntime",
+        cache_dir=tmp_path_factory.mktemp("onnx"),
+        intra_op_num_threads=2,
+    )
+    assert ort.info.details["split_decoder"] == "true"
+    backend = MemoBackend(ort)
+    return backend, encode_images(backend, [golden["image"]])[0]
+
+
+@pytest.mark.parametrize("tag", RUNS)
+def test_reproduces_official_amg_runs_on_onnxruntime(case_a_onnxruntime, case_a, golden, tag):
+    backend, embedding = case_a_onnxruntime
+    runs = case_a[2]
+    generator = EdgeSamAutomaticMaskGenerator(backend, **runs[tag]["kwargs"])
+    records = generator.generate_from_embedding(embedding)
+    assert_matches_reference(records, golden, tag, runs[tag]["count"])
+
+
 def test_generate_image_equals_generate_from_embedding(case_a, golden):
     backend, embedding, runs = case_a
     generator = EdgeSamAutomaticMaskGenerator(
