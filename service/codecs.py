@@ -75,7 +75,7 @@ def _check_bomb_limit(width: int, height: int) -> None:
     """PIL's decompression-bomb rule (Image._decompression_bomb_check), refusing where PIL
     would only warn: more than Image.MAX_IMAGE_PIXELS pixels is ImageTooLarge."""
     limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and max(1, width) * max(1, height) > limit:
+    if limit is not None and width * height > limit:
         raise ImageTooLarge(BOMB_MESSAGE)
 
 
