@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import re
 import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -18,8 +19,8 @@ else:  # pytest brings tomli before 3.11
     import tomli as tomllib
 
 import service.errors as errors
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
 from proto import generate
-from proto.edgesam.v1 import segmentation_pb2 as pb
 from service.errors import ERROR_TABLE, ServiceError
 from service.grpc_convert import (
     everything_request_from_pb,
@@ -38,18 +39,24 @@ def test_committed_stubs_are_not_stale() -> None:
     assert stale == [], f"regenerate with `python -m proto.generate`: {stale}"
 
 
-def test_staleness_check_notices_a_changed_stub(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_staleness_check_notices_a_changed_stub(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
     root = tmp_path / "proto"
     (root / "edgesam" / "v1").mkdir(parents=True)
     source = generate.PROTO_ROOT / "edgesam" / "v1" / "segmentation.proto"
     (root / "edgesam" / "v1" / "segmentation.proto").write_text(source.read_text())
+    stubs = tmp_path / "clients" / "python" / "edgesam_client" / "_proto"
     monkeypatch.setattr(generate, "PROTO_ROOT", root)
-    generate.generate(root)
+    monkeypatch.setattr(generate, "STUB_ROOT", stubs)
+    assert len(generate.stale_files()) == 3  # none written yet: all missing
+    generate.generate(stubs)
     assert generate.stale_files() == []
-    grpc_stub = root / "edgesam" / "v1" / "segmentation_pb2_grpc.py"
+    grpc_stub = stubs / "edgesam" / "v1" / "segmentation_pb2_grpc.py"
     grpc_stub.write_text(grpc_stub.read_text().replace("/Segment'", "/SegmentOld'"))
     assert generate.stale_files() == ["edgesam/v1/segmentation_pb2_grpc.py"]
     assert generate.main(["--check"]) == 1
+    assert "stale: clients/python/edgesam_client/_proto/edgesam/v1/segmentation_pb2_grpc.py" in (
+        capsys.readouterr().err
+    )
 
 
 def test_normalise_maps_generator_spellings_but_keeps_content() -> None:
@@ -117,7 +124,16 @@ def test_writing_stubs_needs_the_pinned_generator(monkeypatch, capsys) -> None: 
 
 
 def test_stubs_import_relative_and_name_the_canonical_file() -> None:
-    from proto.edgesam.v1 import segmentation_pb2_grpc
+    from edgesam_client._proto.edgesam.v1 import segmentation_pb2_grpc
+    from edgesam_client.grpc_stubs import segmentation_pb2_grpc as public
+
+    assert public is segmentation_pb2_grpc
+    assert pb.__name__ == "edgesam_client._proto.edgesam.v1.segmentation_pb2"
+    stub_dir = generate.STUB_ROOT / "edgesam" / "v1"
+    assert stub_dir.parts[-6:-3] == ("clients", "python", "edgesam_client")
+    assert Path(segmentation_pb2_grpc.__file__).resolve().parent == stub_dir
+    # proto/ keeps the contract only
+    assert not [p for p in generate.PROTO_ROOT.rglob("*_pb2*") if "__pycache__" not in p.parts]
 
     assert pb.DESCRIPTOR.name == "edgesam/v1/segmentation.proto"
     assert pb.DESCRIPTOR.package == "edgesam.v1"
