@@ -13,6 +13,10 @@ One mask is returned: token 0 (the single-mask output) when more than two points
 otherwise the best of the three multimask outputs by predicted IoU; SamOnnxModel's score
 re-weighting, reproduced exactly, makes that choice without control flow.
 
+The `multimask` variant is that script without `--return-single-mask`: all four masks
+(token 0, then the three multimask outputs), their IoU predictions and low-res logits; the web
+page uses it to offer 1 or 3 candidates as /v1/segment does.
+
 The `cvat` variant answers CVAT's SAM plugin (cvat-ui/plugins/sam inference.worker.ts): the same
 inputs; outputs `masks` uint8 (0 or 255) cropped to the mask's bounding box, its inclusive
 bounds `xtl`, `ytl`, `xbr`, `ybr` in original pixels, and `low_res_masks`.
@@ -34,7 +38,7 @@ from engine.export import DEFAULT_OPSET, _add_metadata, _export, model_fingerpri
 from engine.modeling import EdgeSam
 
 SAM_FORMAT_NAME = "segment-anything"
-VARIANTS = ("sam", "cvat")
+VARIANTS = ("sam", "multimask", "cvat")
 SAM_INPUTS = (
     "image_embeddings",
     "point_coords",
@@ -104,6 +108,8 @@ class SamOnnxDecoder(nn.Module):
         logits, iou = self.model.mask_decoder.predict_all(
             image_embeddings, self.dense_pe, sparse, dense, None
         )
+        if self.variant == "multimask":
+            return self.mask_postprocessing(logits, orig_im_size), iou, logits
         low_res, scores = self.select_masks(logits, iou, point_coords.shape[1])
         masks = self.mask_postprocessing(low_res, orig_im_size)
         if self.variant == "sam":
@@ -150,8 +156,8 @@ def export_sam_decoder(
         torch.tensor([1500.0, 2250.0]),
     )
     axes = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
-    outputs = SAM_OUTPUTS if variant == "sam" else CVAT_OUTPUTS
-    if variant == "sam":
+    outputs = CVAT_OUTPUTS if variant == "cvat" else SAM_OUTPUTS
+    if variant != "cvat":
         axes.update({"masks": {2: "height", 3: "width"}})
     else:
         axes.update({"masks": {2: "mask_height", 3: "mask_width"}})

@@ -24,7 +24,7 @@ from service.errors import FeatureUnavailable, InvalidRequest
 log = logging.getLogger(__name__)
 
 EMBEDDING_SHAPE = (1, 256, 64, 64)
-DECODER_VARIANTS = ("sam", "cvat")
+DECODER_VARIANTS = ("sam", "multimask", "cvat")
 # Bumped when engine.sam_onnx changes what it writes: old cached files are then not reused.
 DECODER_LAYOUT = "1"
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")

@@ -188,12 +188,28 @@ def test_local_decoder_answers_as_the_service(case_a, start_service, tmp_path: P
     np.testing.assert_array_equal(res["masks"][0, 0], crop.astype(np.uint8) * 255)
     assert c.get("/v1/models/decoder.onnx", params={"variant": "nope"}).status_code == 422
 
+    # the multimask variant (the script without --return-single-mask): every candidate, as
+    # /v1/segment's num_masks 1 (token 0) and 3 (tokens 1-3) answer
+    multi = c.get("/v1/models/decoder.onnx", params={"variant": "multimask"})
+    assert multi.status_code == 200, multi.text
+    multi_local = LocalDecoder(multi.content, embedding, width, height)
+    res = multi_local.run(box=box)
+    assert res["masks"].shape == (1, 4, 384, 512) and res["low_res_masks"].shape[1] == 4
+    for want, index in (
+        (server(box=box, num_masks=1)["masks"], [0]),
+        (server(box=box, num_masks=3)["masks"], [1, 2, 3]),
+    ):
+        for item, k in zip(want, index):
+            assert iou(res["masks"][0, k] > 0, _rle_mask(item)) >= 0.99
+            assert abs(float(res["iou_predictions"][0, k]) - item["score"]) < 1e-3
+
     models = c.get("/v1/models").json()["models"]
     assert len(models) == 1
     assert models[0]["fingerprint"] == backend.fingerprint
     assert models[0]["embedding"] == {"shape": [1, 256, 64, 64], "dtype": "float32"}
     assert models[0]["decoder_url"] == "/v1/models/decoder.onnx"
     assert models[0]["decoder_urls"]["cvat"] == "/v1/models/decoder.onnx?variant=cvat"
+    assert models[0]["decoder_urls"]["multimask"] == "/v1/models/decoder.onnx?variant=multimask"
     assert models[0]["embedding_url"] == "/v1/embeddings/{image_id}"
 
 
