@@ -4,6 +4,7 @@ The page talks only to the public HTTP API (relative URLs, so it also works behi
 prefix); nothing here knows about the engine or the cache.
 """
 
+import mimetypes
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -14,6 +15,14 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+# onnxruntime-web, pinned in service/webdeps/package-lock.json and installed there with
+# `npm ci` (.ci/run, the Dockerfile): served at /static/ort/ so the page needs no CDN. Without
+# it the page decodes on the server only.
+ORT_WEB_DIR = STATIC_DIR.parent / "webdeps" / "node_modules" / "onnxruntime-web" / "dist"
+# Module scripts must come as JavaScript, WebAssembly as application/wasm (streaming compile);
+# older mimetypes tables know neither.
+mimetypes.add_type("text/javascript", ".mjs")
+mimetypes.add_type("application/wasm", ".wasm")
 # The page is plain files; a short cache keeps reloads fast without pinning old versions.
 CACHE_CONTROL = "no-cache"
 # The page itself needs no API key (a browser cannot send one when it navigates); the key is
@@ -35,6 +44,8 @@ def mount_web(app: FastAPI) -> None:
     async def web_index() -> FileResponse:
         return FileResponse(index, media_type="text/html", headers={"Cache-Control": CACHE_CONTROL})
 
+    if ORT_WEB_DIR.is_dir():  # mounted first: /static would answer its 404 otherwise
+        app.mount("/static/ort", _Static(directory=ORT_WEB_DIR), name="static-ort")
     app.mount("/static", _Static(directory=STATIC_DIR), name="static")
 
 
