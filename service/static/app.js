@@ -546,7 +546,11 @@
       L.sessionPromise = (async () => {
         const got = await getBytes("v1/models/decoder.onnx?variant=multimask");
         const t0 = performance.now();
-        L.session = await EdgeSamLocal.createSession(got.buffer);
+        const session = await EdgeSamLocal.createSession(got.buffer);
+        // One throwaway run: the first one pays WebAssembly's warm-up, not the first click.
+        const blank = { points: [[0, 0]], labels: [1], box: null, width: 64, height: 64 };
+        await EdgeSamLocal.decode(session, new Float32Array(256 * 64 * 64), blank, null);
+        L.session = session;
         L.decoderInfo = { bytes: got.buffer.byteLength, ms: got.ms, sessionMs: performance.now() - t0 };
         return L.session;
       })();
