@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(50051, ge=0, le=65535)  # 0: no gRPC server
     api_keys: Annotated[List[SecretStr], NoDecode] = Field(default_factory=list)
+    # onnxruntime-web's dist/ folder, served at /static/ort/ for the page's in-browser
+    # decoding; unset: service/webdeps/node_modules/onnxruntime-web/dist (`npm ci` there)
+    web_ort_dir: Optional[Path] = None
     # Origins whose pages may call the API from a browser (comma list; `*` any); empty: none
     cors_origins: Annotated[List[str], NoDecode] = Field(default_factory=list)
     drain_seconds: float = Field(20.0, ge=0, le=600)
@@ -135,7 +138,7 @@ class Settings(BaseSettings):
                 raise ValueError("every API key must be at least 8 characters long")
         return value
 
-    @field_validator("redis_url", "encoder_grpc_target", "checkpoint", mode="before")
+    @field_validator("redis_url", "encoder_grpc_target", "checkpoint", "web_ort_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -547,7 +547,7 @@ def create_app(
     except ImportError:
         mount_web = None
     if mount_web is not None:
-        mount_web(app)
+        mount_web(app, settings.web_ort_dir)
     if settings.api_key_values():
         _declare_api_keys(app)
     app.add_middleware(EdgeSamMiddleware, service=svc)

@@ -6,6 +6,7 @@ prefix); nothing here knows about the engine or the cache.
 
 import mimetypes
 from pathlib import Path
+from typing import Optional
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
@@ -36,16 +37,18 @@ def is_public_path(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
-def mount_web(app: FastAPI) -> None:
-    """Serve GET / (index.html) and GET /static/* from service/static/."""
+def mount_web(app: FastAPI, ort_dir: Optional[Path] = None) -> None:
+    """Serve GET / (index.html) and GET /static/* from service/static/, and onnxruntime-web
+    at /static/ort/ from `ort_dir` (default ORT_WEB_DIR) when it is there."""
     index = STATIC_DIR / "index.html"
 
     @app.get("/", include_in_schema=False)
     async def web_index() -> FileResponse:
         return FileResponse(index, media_type="text/html", headers={"Cache-Control": CACHE_CONTROL})
 
-    if ORT_WEB_DIR.is_dir():  # mounted first: /static would answer its 404 otherwise
-        app.mount("/static/ort", _Static(directory=ORT_WEB_DIR), name="static-ort")
+    ort = ort_dir or ORT_WEB_DIR
+    if ort.is_dir():  # mounted first: /static would answer its 404 otherwise
+        app.mount("/static/ort", _Static(directory=ort), name="static-ort")
     app.mount("/static", _Static(directory=STATIC_DIR), name="static")
 
 
