@@ -519,7 +519,7 @@
   }
 
   /** GET a binary resource with the API key; returns {buffer, ms, response}. */
-  async function getBytes(route) {
+  async function getBytes(route, name) {
     const t0 = performance.now();
     let response;
     try {
@@ -535,7 +535,7 @@
     }
     const buffer = await response.arrayBuffer();
     const ms = performance.now() - t0;
-    recordCall(route.split("?")[0], ms, response.status, ` · ${(buffer.byteLength / 1048576).toFixed(2)} MiB`);
+    recordCall(name || route, ms, response.status, ` · ${(buffer.byteLength / 1048576).toFixed(2)} MiB`);
     return { buffer, ms, response };
   }
 
@@ -544,7 +544,7 @@
     const L = S.local;
     if (!L.sessionPromise) {
       L.sessionPromise = (async () => {
-        const got = await getBytes("v1/models/decoder.onnx?variant=multimask");
+        const got = await getBytes("v1/models/decoder.onnx?variant=multimask", "v1/models/decoder.onnx");
         const t0 = performance.now();
         const session = await EdgeSamLocal.createSession(got.buffer);
         // One throwaway run: the first one pays WebAssembly's warm-up, not the first click.
@@ -563,11 +563,11 @@
       const imageId = S.imageId;
       let got;
       try {
-        got = await getBytes(`v1/embeddings/${imageId}`);
+        got = await getBytes(`v1/embeddings/${imageId}`, "v1/embeddings/{id}");
       } catch (err) {
         if (!(err instanceof ApiError) || err.code !== "embedding_not_found") throw err;
         await embed(false); // the cache forgot the image: embed it again, then download
-        got = await getBytes(`v1/embeddings/${S.imageId}`);
+        got = await getBytes(`v1/embeddings/${S.imageId}`, "v1/embeddings/{id}");
       }
       const npy = EdgeSamLocal.parseNpy(got.buffer);
       L.embedding = npy.data;
