@@ -189,16 +189,22 @@ const EdgeSamLocal = (() => {
       if (low[i] > STABILITY_OFFSET) inter++;
       if (low[i] > -STABILITY_OFFSET) union++;
     }
-    return {
+    const record = {
       mask_index: k,
       score: result.iou[k],
       stability_score: union ? inter / union : 0,
       area,
       bbox: area ? [x0, y0, x1 - x0 + 1, y1 - y0 + 1] : [0, 0, 0, 0],
-      rle: { size: [h, w], counts: uncompressedRle(bits, w, h) },
       lowRes: low,
       _bits: bits,
     };
+    // Only an export reads the RLE: computed then, not on every click.
+    let rle = null;
+    Object.defineProperty(record, "rle", {
+      enumerable: true,
+      get: () => rle || (rle = { size: [h, w], counts: uncompressedRle(bits, w, h) }),
+    });
+    return record;
   }
 
   /** Column-major run lengths starting with 0s (COCO's uncompressed RLE). */
