@@ -106,6 +106,14 @@ COPY service ./service
 COPY clients/python ./clients/python
 RUN pip install --no-deps ./clients/python .
 
+# The web page's onnxruntime-web (decoding clicks in the browser), pinned by
+# service/webdeps/package-lock.json; served by the service from EDGESAM_WEB_ORT_DIR (no CDN).
+# --ignore-scripts: the only install script (protobufjs's) is not needed at run time.
+FROM node:20.18.1-bookworm-slim AS web-deps
+WORKDIR /web
+COPY service/webdeps/package.json service/webdeps/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+
 # --------------------------------------------------------------------------------------------
 # Runtime stages: the base, the venv, a non-root user. No compilers, no weights.
 # --------------------------------------------------------------------------------------------
@@ -135,6 +143,7 @@ RUN groupadd --system --gid "${APP_UID}" edgesam \
     && mkdir -p /models /var/cache/edgesam/engines /opt/edgesam/bin \
     && chown -R edgesam:edgesam /var/cache/edgesam
 COPY --chown=root:root deploy/docker/healthcheck.py /opt/edgesam/healthcheck.py
+COPY --from=web-deps --chown=root:root /web/node_modules/onnxruntime-web/dist /opt/edgesam/ort-web
 COPY --chown=root:root bench /opt/edgesam/bench
 COPY --chown=root:root --chmod=0755 deploy/jetson/build-engine.sh /opt/edgesam/bin/build-engine.sh
 ENV PATH=/opt/venv/bin:$PATH \
@@ -147,6 +156,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     EDGESAM_ROLE=all \
     EDGESAM_CHECKPOINT=/models/edge_sam_3x.pth \
     EDGESAM_ENGINE_CACHE_DIR=/var/cache/edgesam/engines \
+    EDGESAM_WEB_ORT_DIR=/opt/edgesam/ort-web \
     EDGESAM_DRAIN_SECONDS=20
 WORKDIR /opt/edgesam
 USER ${APP_UID}:${APP_UID}

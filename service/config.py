@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(50051, ge=0, le=65535)  # 0: no gRPC server
     api_keys: Annotated[List[SecretStr], NoDecode] = Field(default_factory=list)
+    # onnxruntime-web's dist/ folder, served at /static/ort/ for the page's in-browser
+    # decoding; unset: service/webdeps/node_modules/onnxruntime-web/dist (`npm ci` there)
+    web_ort_dir: Optional[Path] = None
+    # Origins whose pages may call the API from a browser (comma list; `*` any); empty: none
+    cors_origins: Annotated[List[str], NoDecode] = Field(default_factory=list)
     drain_seconds: float = Field(20.0, ge=0, le=600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -107,6 +112,24 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: List[str]) -> List[str]:
+        for origin in value:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"{origin!r} is not an origin: give scheme://host[:port] (or *), "
+                    "comma separated"
+                )
+        return value
+
     @field_validator("api_keys")
     @classmethod
     def _check_keys(cls, value: List[SecretStr]) -> List[SecretStr]:
@@ -115,7 +138,7 @@ class Settings(BaseSettings):
                 raise ValueError("every API key must be at least 8 characters long")
         return value
 
-    @field_validator("redis_url", "encoder_grpc_target", "checkpoint", mode="before")
+    @field_validator("redis_url", "encoder_grpc_target", "checkpoint", "web_ort_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

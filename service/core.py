@@ -48,14 +48,27 @@ from service.errors import (
     ServiceError,
     UnsupportedPromptError,
 )
+from service.local_decode import (
+    DECODER_VARIANTS,
+    EMBEDDING_SHAPE,
+    DecoderExports,
+    DecoderFile,
+    EmbeddingFile,
+    check_variant,
+    embedding_file,
+    export_source,
+)
 from service.metrics import Metrics
 from service.schemas import (
     ComponentStatus,
+    EmbeddingSpec,
     EmbedResult,
     EverythingMask,
     EverythingRequest,
     EverythingResult,
     MaskItem,
+    ModelInfo,
+    ModelList,
     Readiness,
     SegmentRequest,
     SegmentResult,
@@ -296,6 +309,7 @@ class SegmentationService:
         self.failure: str | None = None
         self._draining = False
         self._inflight: dict[str, asyncio.Future[ImageEmbedding]] = {}
+        self._decoder_exports: DecoderExports | None = None
         self._decode = BoundedExecutor(
             "decode",
             settings.decode_workers,
@@ -672,6 +686,52 @@ class SegmentationService:
         """Remove an embedding from this replica's LRU and from Redis."""
         _, cache = self._require_started()
         return await cache.delete_embedding(image_id)
+
+    # -- local decoding (issue 17): embedding and decoder downloads --------------------------
+    async def embedding_file(self, image_id: str) -> EmbeddingFile:
+        """The cached embedding of `image_id` in the cache's dtype, for clients that decode
+        locally (EmbeddingNotFound when absent)."""
+        backend, cache = self._require_started()
+        emb = await self._embedding(cache, image_id)
+        return embedding_file(
+            image_id, emb.embedding, emb.original_size, cache.dtype, backend.fingerprint
+        )
+
+    async def decoder_file(self, variant: str | None = None) -> DecoderFile:
+        """The decoder in segment-anything's ONNX signature (`sam`) or CVAT's (`cvat`) for
+        the loaded model: exported on first use, then answered from the engine cache folder."""
+        backend, _ = self._require_started()
+        chosen = check_variant(variant)
+        if self._decoder_exports is None:
+            self._decoder_exports = DecoderExports(self.settings.engine_cache_dir)
+        source = export_source(backend, self.checkpoint)
+        return await self._decoder_exports.get(chosen, backend.fingerprint, source)
+
+    def models(self) -> ModelList:
+        """The loaded model, its fingerprint, the embedding's shape and dtype, and the URLs of
+        the downloads (relative to the API root)."""
+        backend, cache = self._require_started()
+        name = self.checkpoint.stem if self.checkpoint is not None else "edge_sam"
+        decoders = {
+            variant: "/v1/models/decoder.onnx" + ("" if variant == "sam" else f"?variant={variant}")
+            for variant in DECODER_VARIANTS
+        }
+        return ModelList(
+            models=[
+                ModelInfo(
+                    id=name,
+                    fingerprint=backend.fingerprint,
+                    backend=backend.info.name,
+                    precision=backend.info.precision,
+                    random_weights=self.random_weights,
+                    image_size=1024,
+                    embedding=EmbeddingSpec(shape=list(EMBEDDING_SHAPE), dtype=cache.dtype),
+                    embedding_url="/v1/embeddings/{image_id}",
+                    decoder_url=decoders["sam"],
+                    decoder_urls=decoders,
+                )
+            ]
+        )
 
     # -- health ---------------------------------------------------------------------------
     async def readiness(self) -> Readiness:

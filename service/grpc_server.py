@@ -245,6 +245,23 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
         return await self._call(context, "DeleteEmbedding", work)
 
+    async def GetEmbedding(  # noqa: N802
+        self, request: pb.EmbeddingRef, context: grpc.aio.ServicerContext
+    ) -> pb.EmbeddingData:
+        async def work() -> pb.EmbeddingData:
+            found = await self.service.embedding_file(self._image_id(request.image_id))
+            return pb.EmbeddingData(
+                image_id=found.image_id,
+                data=found.raw(),
+                shape=list(found.array.shape),
+                dtype=found.dtype,
+                width=found.width,
+                height=found.height,
+                fingerprint=found.fingerprint,
+            )
+
+        return await self._call(context, "GetEmbedding", work)
+
     async def InteractiveSegment(  # noqa: N802
         self,
         request_iterator: AsyncIterator[pb.InteractiveRequest],

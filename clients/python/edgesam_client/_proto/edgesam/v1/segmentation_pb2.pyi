@@ -217,6 +217,24 @@ class EmbeddingStatus(_message.Message):
     exists: bool
     def __init__(self, image_id: _Optional[str] = ..., exists: bool = ...) -> None: ...
 
+class EmbeddingData(_message.Message):
+    __slots__ = ("image_id", "data", "shape", "dtype", "width", "height", "fingerprint")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    data: bytes
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    width: int
+    height: int
+    fingerprint: str
+    def __init__(self, image_id: _Optional[str] = ..., data: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+
 class SessionStart(_message.Message):
     __slots__ = ("image", "image_id", "content_type", "num_masks", "outputs")
     IMAGE_FIELD_NUMBER: _ClassVar[int]

@@ -59,6 +59,11 @@ class SegmentationStub(object):
                 request_serializer=edgesam_dot_v1_dot_segmentation__pb2.EmbeddingRef.SerializeToString,
                 response_deserializer=edgesam_dot_v1_dot_segmentation__pb2.EmbeddingStatus.FromString,
                 _registered_method=True)
+        self.GetEmbedding = channel.unary_unary(
+                '/edgesam.v1.Segmentation/GetEmbedding',
+                request_serializer=edgesam_dot_v1_dot_segmentation__pb2.EmbeddingRef.SerializeToString,
+                response_deserializer=edgesam_dot_v1_dot_segmentation__pb2.EmbeddingData.FromString,
+                _registered_method=True)
         self.InteractiveSegment = channel.stream_stream(
                 '/edgesam.v1.Segmentation/InteractiveSegment',
                 request_serializer=edgesam_dot_v1_dot_segmentation__pb2.InteractiveRequest.SerializeToString,
@@ -104,6 +109,14 @@ class SegmentationServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEmbedding(self, request, context):
+        """The cached embedding, to decode locally with the SAM-signature decoder; NOT_FOUND when
+        absent. (HTTP: GET /v1/embeddings/{image_id}, as .npy)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def InteractiveSegment(self, request_iterator, context):
         """Interactive session: send `start` once, then clicks, boxes, undo and reset; every message
         after `start` gets exactly one answer, in order.
@@ -139,6 +152,11 @@ def add_SegmentationServicer_to_server(servicer, server):
                     servicer.DeleteEmbedding,
                     request_deserializer=edgesam_dot_v1_dot_segmentation__pb2.EmbeddingRef.FromString,
                     response_serializer=edgesam_dot_v1_dot_segmentation__pb2.EmbeddingStatus.SerializeToString,
+            ),
+            'GetEmbedding': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEmbedding,
+                    request_deserializer=edgesam_dot_v1_dot_segmentation__pb2.EmbeddingRef.FromString,
+                    response_serializer=edgesam_dot_v1_dot_segmentation__pb2.EmbeddingData.SerializeToString,
             ),
             'InteractiveSegment': grpc.stream_stream_rpc_method_handler(
                     servicer.InteractiveSegment,
@@ -281,6 +299,33 @@ class Segmentation(object):
             '/edgesam.v1.Segmentation/DeleteEmbedding',
             edgesam_dot_v1_dot_segmentation__pb2.EmbeddingRef.SerializeToString,
             edgesam_dot_v1_dot_segmentation__pb2.EmbeddingStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEmbedding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgesam.v1.Segmentation/GetEmbedding',
+            edgesam_dot_v1_dot_segmentation__pb2.EmbeddingRef.SerializeToString,
+            edgesam_dot_v1_dot_segmentation__pb2.EmbeddingData.FromString,
             options,
             channel_credentials,
             insecure,
