@@ -163,27 +163,25 @@ class Settings(BaseSettings):
 
     def runtime(self) -> Tuple[str, str]:
         """(backend, device) with `auto` resolved on this machine: the device is CUDA when
-        PyTorch sees a GPU; the backend is `engine.backends.select`'s choice for that device,
+        PyTorch sees a GPU; the backend is `engine.backends.registry`'s choice for that device,
         or PyTorch when an option only PyTorch has is on (granularity priors, which run on the
         PyTorch model; torch.compile; the Triton kernel)."""
+        # imported here, not at the top: settings are read and checked before torch loads
+        import torch
+
+        from engine.backends.registry import resolve_backend_name
+
         device = self.device
         if device == "auto":
-            import torch
-
             device = "cuda" if torch.cuda.is_available() else "cpu"
             if device == "cpu" and self.precision != "fp32":
                 raise ValueError(
                     f"EDGESAM_PRECISION={self.precision} needs a GPU; EDGESAM_DEVICE=auto found none"
                 )
-        backend = self.backend
-        if backend == "auto":
-            from engine.backends.select import auto_backend_name
-
-            wants_torch = (
-                self.priors_checkpoint is not None or self.torch_compile or self.torch_triton_mixer
-            )
-            backend = "torch" if wants_torch else auto_backend_name(device)
-        return backend, device
+        needs_torch = (
+            self.priors_checkpoint is not None or self.torch_compile or self.torch_triton_mixer
+        )
+        return resolve_backend_name(self.backend, device, needs_torch=needs_torch), device
 
     def api_key_values(self) -> List[bytes]:
         return [k.get_secret_value().encode() for k in self.api_keys]

@@ -59,6 +59,7 @@ from service.schemas import (
     SegmentRequest,
     SegmentResult,
 )
+from service.web import mount_web
 
 log = logging.getLogger(__name__)
 
@@ -443,12 +444,7 @@ def create_app(
             sync()
         return Response(svc.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-    try:  # the web page (service/web.py, its own owner) when it is part of the build
-        from service.web import mount_web
-    except ImportError:
-        mount_web = None
-    if mount_web is not None:
-        mount_web(app)
+    mount_web(app)
     if settings.api_key_values():
         _declare_api_keys(app)
     app.add_middleware(EdgeSamMiddleware, service=svc)

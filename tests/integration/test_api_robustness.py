@@ -21,9 +21,9 @@ from PIL import Image
 
 from engine.backends.base import BackendError
 from proto.edgesam.v1 import segmentation_pb2 as pb
-from service.fake_backend import FakeBackend
 from service.schemas import EmbedResult, ErrorBody, EverythingResult, Readiness, SegmentResult
 from tests.conftest import delete_prefix
+from tests.fake_backend import FakeBackend
 from tests.integration import grpc_util
 from tests.integration.conftest import png_bytes, test_image
 from tests.integration.grpc_util import BothTransports

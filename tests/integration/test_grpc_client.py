@@ -15,7 +15,7 @@ from PIL import Image
 from client import EdgeSamError, RetryPolicy, connect, connect_async
 from client.cli import main as cli_main
 from client.grpc_transport import GrpcSession
-from service.fake_backend import FakeBackend
+from tests.fake_backend import FakeBackend
 from tests.integration import grpc_util
 from tests.integration.conftest import png_bytes, test_image
 from tests.integration.grpc_util import BothTransports

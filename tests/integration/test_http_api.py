@@ -15,7 +15,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from engine.compat import zip_strict
-from service.fake_backend import FakeBackend
+from tests.fake_backend import FakeBackend
 from tests.integration.conftest import RunningService, png_bytes, test_image
 
 PNG = {"content-type": "image/png"}
