@@ -1,4 +1,5 @@
-"""Granularity priors (inference; training is `engine.distill.priors`): a light class-agnostic box head on the encoder's multi-scale features.
+"""Granularity priors: a light class-agnostic box head on the encoder's multi-scale features.
+This module is the head and its use at inference; `engine.distill.priors` trains it.
 
 The official release has no trained head (its RPN was trained outside the repo with mmdet and
 the recipe is lost), so this is our own, simpler design: a 3-level FPN on RepViT stages 1-3
