@@ -364,14 +364,7 @@ def create_app(
         result = await svc.segment(body)
         return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
 
-    @app.post(
-        "/v1/everything",
-        response_model=EverythingResult,
-        summary="Everything mode",
-        responses={
-            501: {"model": ErrorBody, "description": "unavailable_feature: not in this build"}
-        },
-    )
+    @app.post("/v1/everything", response_model=EverythingResult, summary="Everything mode")
     async def everything(body: EverythingRequest) -> Response:
         result = await svc.everything(body)
         return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
