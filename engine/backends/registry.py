@@ -179,14 +179,19 @@ class BackendArgs:
         decoder_path: str | os.PathLike[str] | None = None,
         options: Mapping[str, Any] | None = None,
         needs_torch: bool = False,
+        knobs: Mapping[str, object] | None = None,
     ) -> BackendArgs:
+        """Resolve `backend` (a name, "auto" or None) once. `options` are the backend's own
+        keywords; `knobs` the service's generic ones, translated for the backend chosen
+        (`serving_options`)."""
+        name = resolve_backend_name(backend, device, path, needs_torch)
         return cls(
-            backend=resolve_backend_name(backend, device, path, needs_torch),
+            backend=name,
             device=device,
             precision=precision,
             path=None if path is None else Path(path),
             decoder_path=None if decoder_path is None else Path(decoder_path),
-            options=MappingProxyType(dict(options or {})),
+            options=MappingProxyType({**serving_options(name, **(knobs or {})), **(options or {})}),
             chosen_by_auto=backend in (None, AUTO),
         )
 

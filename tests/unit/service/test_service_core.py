@@ -177,3 +177,19 @@ def test_load_backend_passes_the_resolved_runtime(
     settings = Settings(grpc_port=0, torch_threads=1, **extra)
     SegmentationService(settings, random_weights=True)._load_backend()
     assert seen == [expected]
+
+
+def test_knobs_are_translated_for_the_backend_actually_chosen(tmp_path) -> None:  # noqa: ANN001
+    """An ONNX model asked of PyTorch runs in ONNX Runtime: EDGESAM_TORCH_THREADS becomes
+    ONNX Runtime's intra-op threads, not a PyTorch keyword ONNX Runtime would refuse."""
+    from service.backend import backend_args
+
+    model = tmp_path / "m_encoder.onnx"
+    model.write_bytes(b"")
+    settings = Settings(grpc_port=0, backend="torch", device="cpu", torch_threads=2)
+    args = backend_args(settings, model)
+    assert (args.backend, dict(args.options), args.chosen_by_auto) == (
+        "onnxruntime",
+        {"intra_op_num_threads": 2},
+        False,
+    )
