@@ -5,8 +5,12 @@ from __future__ import annotations
 import torch
 
 from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
-from engine.export.to_onnx import OnnxPair, Progress, _quiet
+from engine.export.to_onnx import OnnxPair, Progress
 from engine.modeling import EdgeSam
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 def verify_onnx(model: EdgeSam, pair: OnnxPair, progress: Progress = _quiet) -> dict[str, float]:
