@@ -184,29 +184,35 @@ class Settings(BaseSettings):
             return self.cache_dtype
         return "float32" if encoder_precision == "fp32" else "float16"
 
-    def runtime(self) -> Tuple[str, str]:
-        """(backend, device) with `auto` resolved on this machine: the device is CUDA when
-        PyTorch sees a GPU; the backend is `engine.backends.select`'s choice for that device,
-        or PyTorch when an option only PyTorch has is on (granularity priors, which run on the
-        PyTorch model; torch.compile; the Triton kernel)."""
-        device = self.device
-        if device == "auto":
-            import torch
+    @property
+    def needs_torch(self) -> bool:
+        """An option only the PyTorch model has is on (granularity priors, which run on the
+        PyTorch model; torch.compile; the Triton kernel): `auto` means PyTorch."""
+        return bool(
+            self.priors_checkpoint is not None or self.torch_compile or self.torch_triton_mixer
+        )
 
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            if device == "cpu" and self.precision != "fp32":
-                raise ValueError(
-                    f"EDGESAM_PRECISION={self.precision} needs a GPU; EDGESAM_DEVICE=auto found none"
-                )
-        backend = self.backend
-        if backend == "auto":
-            from engine.backends.select import auto_backend_name
+    def resolved_device(self) -> str:
+        """EDGESAM_DEVICE with `auto` resolved: CUDA when PyTorch sees a GPU, else the CPU."""
+        if self.device != "auto":
+            return self.device
+        # imported here, not at the top: settings are read and checked before torch loads
+        import torch
 
-            wants_torch = (
-                self.priors_checkpoint is not None or self.torch_compile or self.torch_triton_mixer
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu" and self.precision != "fp32":
+            raise ValueError(
+                f"EDGESAM_PRECISION={self.precision} needs a GPU; EDGESAM_DEVICE=auto found none"
             )
-            backend = "torch" if wants_torch else auto_backend_name(device)
-        return backend, device
+        return device
+
+    def runtime(self) -> Tuple[str, str]:
+        """(backend, device) with `auto` resolved on this machine, as `service.backend` loads
+        them: the backend is `engine.backends.registry`'s choice for the device."""
+        from engine.backends.registry import resolve_backend_name  # torch: see resolved_device
+
+        device = self.resolved_device()
+        return resolve_backend_name(self.backend, device, needs_torch=self.needs_torch), device
 
     def api_key_values(self) -> List[bytes]:
         return [k.get_secret_value().encode() for k in self.api_keys]

@@ -61,6 +61,7 @@ from service.schemas import (
     SegmentRequest,
     SegmentResult,
 )
+from service.web import mount_web
 
 log = logging.getLogger(__name__)
 
@@ -398,14 +399,7 @@ def create_app(
         result = await svc.segment(body)
         return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
 
-    @app.post(
-        "/v1/everything",
-        response_model=EverythingResult,
-        summary="Everything mode",
-        responses={
-            501: {"model": ErrorBody, "description": "unavailable_feature: not in this build"}
-        },
-    )
+    @app.post("/v1/everything", response_model=EverythingResult, summary="Everything mode")
     async def everything(body: EverythingRequest) -> Response:
         result = await svc.everything(body)
         return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
@@ -542,12 +536,7 @@ def create_app(
             sync()
         return Response(svc.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-    try:  # the web page (service/web.py, its own owner) when it is part of the build
-        from service.web import mount_web
-    except ImportError:
-        mount_web = None
-    if mount_web is not None:
-        mount_web(app, settings.web_ort_dir)
+    mount_web(app, settings.web_ort_dir)
     if settings.api_key_values():
         _declare_api_keys(app)
     app.add_middleware(EdgeSamMiddleware, service=svc)

@@ -1,5 +1,5 @@
 """What clients that decode locally download: a cached embedding as a `.npy` file, and the
-decoder in segment-anything's ONNX signature (engine.sam_onnx), exported once per model
+decoder in segment-anything's ONNX signature (engine.export.sam_onnx), exported once per model
 fingerprint into the engine cache folder.
 
 Nothing here knows about HTTP or gRPC; SegmentationService's local-decoding block calls it.
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 EMBEDDING_SHAPE = (1, 256, 64, 64)
 DECODER_VARIANTS = ("sam", "multimask", "cvat")
-# Bumped when engine.sam_onnx changes what it writes: old cached files are then not reused.
+# Bumped when engine.export.sam_onnx changes what it writes: old cached files are then not reused.
 DECODER_LAYOUT = "1"
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 
@@ -125,7 +125,7 @@ class DecoderExports:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             try:
-                from engine.sam_onnx import export_sam_decoder
+                from engine.export.sam_onnx import export_sam_decoder
 
                 log.info("exporting the %s decoder for local decoding -> %s", variant, path)
                 export_sam_decoder(model, tmp, variant, fingerprint=fingerprint)

@@ -26,15 +26,6 @@ mimetypes.add_type("text/javascript", ".mjs")
 mimetypes.add_type("application/wasm", ".wasm")
 # The page is plain files; a short cache keeps reloads fast without pinning old versions.
 CACHE_CONTROL = "no-cache"
-# The page itself needs no API key (a browser cannot send one when it navigates); the key is
-# asked for by the page and sent on the API calls only.
-PUBLIC_PATHS = frozenset({"/"})
-PUBLIC_PREFIXES = ("/static/",)
-
-
-def is_public_path(path: str) -> bool:
-    """True for the page's own files, which the API-key check should let through."""
-    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
 def mount_web(app: FastAPI, ort_dir: Optional[Path] = None) -> None:

@@ -3,13 +3,13 @@ encoder, inference mode."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from engine.backends.base import IMAGE_SIZE, Backend, BackendInfo, BackendUnavailable
+from engine.checkpoint import weights_fingerprint
 from engine.fusion import fuse_encoder
 from engine.modeling import EdgeSam
 from engine.modeling.mask_decoder import mask_slice
@@ -23,18 +23,6 @@ CPU_DECODE_CHUNK = 4
 # freezing, conv_1x1_as_mm, CUDA graphs and max-autotune were no faster (bench/gpu_compile.py;
 # figures in docs/performance.md, "GPU").
 DEFAULT_COMPILE_OPTIONS: dict[str, Any] = {}
-
-
-def weights_fingerprint(model: torch.nn.Module, extra: str = "") -> str:
-    """sha256 over the state dict (names, shapes, fp32 bytes) plus `extra`, first 16 hex."""
-    digest = hashlib.sha256(extra.encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        value = tensor.detach().cpu()
-        value = value.float() if value.is_floating_point() else value
-        digest.update(value.contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 class TorchBackend(Backend):

@@ -15,7 +15,7 @@ from PIL import Image
 from edgesam_client import EdgeSamError, RetryPolicy, connect, connect_async
 from edgesam_client.cli import main as cli_main
 from edgesam_client.grpc_transport import GrpcSession
-from service.fake_backend import FakeBackend
+from tests.fake_backend import FakeBackend
 from tests.integration import grpc_util
 from tests.integration.conftest import png_bytes, test_image
 from tests.integration.grpc_util import BothTransports

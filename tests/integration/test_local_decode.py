@@ -350,7 +350,7 @@ def test_cors_origins_are_checked() -> None:
 def test_grpc_get_embedding(start_grpc_service) -> None:
     import grpc
 
-    from proto.edgesam.v1 import segmentation_pb2 as pb
+    from edgesam_client.grpc_stubs import segmentation_pb2 as pb
 
     both = start_grpc_service(cache_dtype="float16")
     if True:

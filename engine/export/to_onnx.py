@@ -1,29 +1,25 @@
-"""Export EdgeSAM to ONNX and build TensorRT engines.
+"""The ONNX export library: EdgeSAM as our ONNX files (`engine.onnx_format` names them).
 
-    python -m engine.export onnx --checkpoint edge_sam_3x.pth --out-dir models/
-    python -m engine.export tensorrt --onnx models/edge_sam_3x_encoder.onnx --precision fp16
-
-The ONNX pair written here (our format, told apart from the official files by the
-`edgesam.format` metadata entry):
-
-- encoder `image` Bx3x1024x1024 (dynamic batch) -> `image_embeddings` Bx256x64x64, with the
-  re-parameterised (BN-folded, RepVGG-merged) encoder and the model's own upsampling mode;
-- decoder `image_embeddings` 1x or Bx256x64x64, `point_coords` BxNx2, `point_labels` BxN float
-  (-1/0/1/2/3), `mask_input` Bx1x256x256, `has_mask_input` 1 -> `low_res_logits` Bx4x256x256,
-  `iou_predictions` Bx4, `stability_scores` Bx4 (all four mask tokens; float sums only).
+- the encoder, re-parameterised (BN-folded, RepVGG-merged) with the model's own upsampling
+  mode, with a dynamic batch;
+- the decoder for a batch of prompts with a mask input and its flag, all four mask tokens
+  (float sums only);
+- the decoder split at the image/prompt boundary, for clicks without a mask;
+- `export_cached`: a checkpoint's files, exported once into the cache folder (the ONNX Runtime
+  and TensorRT backends load checkpoints through it).
 
 The legacy TorchScript exporter (`dynamo=False`) is used: torch 2.13's default exporter fails on
 this model or writes graphs ONNX Runtime refuses. torch < 2.5 (JetPack 5's 2.1) has no
-`dynamo` argument and only that exporter.
+`dynamo` argument and only that exporter. The command line is `engine.export.__main__`.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import inspect
+import logging
 import os
-import sys
+import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -33,29 +29,29 @@ from typing import Callable
 import torch
 from torch import nn
 
+from engine.build_edge_sam import build_edge_sam
+from engine.checkpoint import weights_fingerprint
+from engine.fusion import fuse_encoder
 from engine.modeling import EdgeSam
 from engine.modeling.transformer import to_tokens
-
-FORMAT_NAME = "edgesam-serve"
-# 3: adds the split decoder (<name>_decoder_image / _decoder_prompt); 4: the image half's k/v
-# split into heads, the prompt half takes `mask_tokens` and upscales only those masks
-FORMAT_VERSION = "4"
-DEFAULT_OPSET = 17
-ENCODER_INPUTS = ("image",)
-ENCODER_OUTPUTS = ("image_embeddings",)
-DECODER_INPUTS = (
-    "image_embeddings",
-    "point_coords",
-    "point_labels",
-    "mask_input",
-    "has_mask_input",
+from engine.onnx_format import (
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    DEFAULT_OPSET,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    IMAGE_SIDE_INPUTS,
+    IMAGE_SIDE_OUTPUTS,
+    PROMPT_DECODER_INPUTS,
+    file_digest,
+    split_decoder_paths,
+    write_metadata,
 )
-DECODER_OUTPUTS = ("low_res_logits", "iou_predictions", "stability_scores")
-# The decoder split at the image/prompt boundary, for prompts without a mask input: the image
-# half runs once per embedding (its outputs are cached), the prompt half once per click.
-IMAGE_SIDE_INPUTS = ("image_embeddings",)
-IMAGE_SIDE_OUTPUTS = ("image_tokens", "first_keys", "first_values", "keys_with_pe")
-PROMPT_DECODER_INPUTS = (*IMAGE_SIDE_OUTPUTS, "point_coords", "point_labels", "mask_tokens")
+
+log = logging.getLogger(__name__)
+
 STABILITY_OFFSET = 1.0
 
 Progress = Callable[[str], None]
@@ -81,8 +77,6 @@ class EncoderForExport(nn.Module):
 
     def __init__(self, model: EdgeSam, upsample: str = "matmul") -> None:
         super().__init__()
-        from engine.fusion import fuse_encoder
-
         if upsample not in ("matmul", "resize"):
             raise ValueError("upsample must be matmul or resize")
         self.encoder = fuse_encoder(model.image_encoder, matrix_upsample=upsample == "matmul")
@@ -179,15 +173,6 @@ class PromptDecoderForExport(nn.Module):
         return logits, iou, stability_scores_float(logits)
 
 
-def split_decoder_paths(decoder_path: Path) -> tuple[Path, Path]:
-    """`<name>_decoder.onnx` -> (`<name>_decoder_image.onnx`, `<name>_decoder_prompt.onnx`)."""
-    stem = decoder_path.name[: -len(".onnx")]
-    return (
-        decoder_path.with_name(f"{stem}_image.onnx"),
-        decoder_path.with_name(f"{stem}_prompt.onnx"),
-    )
-
-
 @dataclass(frozen=True)
 class OnnxPair:
     encoder: Path
@@ -197,21 +182,7 @@ class OnnxPair:
 
 def model_fingerprint(model: EdgeSam) -> str:
     """The fingerprint TorchBackend reports for this model (weights + upsampling mode)."""
-    from engine.backends.torch_backend import weights_fingerprint
-
     return weights_fingerprint(model, model.image_encoder.fuse_stage3.upsample_mode)
-
-
-def _add_metadata(path: Path, entries: dict[str, str]) -> None:
-    import onnx
-
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    for key, value in sorted(entries.items()):
-        item = proto.metadata_props.add()
-        item.key, item.value = key, value
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
 
 
 def torchscript_exporter() -> dict[str, bool]:
@@ -345,14 +316,14 @@ def export_onnx(
     start = time.perf_counter()
     progress(f"exporting encoder (opset {opset}, dynamic batch) -> {enc_path}")
     export_encoder(model, enc_path, opset, upsample)
-    _add_metadata(enc_path, {**meta, "edgesam.role": "encoder"})
+    write_metadata(enc_path, {**meta, "edgesam.role": "encoder"})
     progress(
         f"  done in {time.perf_counter() - start:.1f}s ({enc_path.stat().st_size / 1e6:.1f} MB)"
     )
     start = time.perf_counter()
     progress(f"exporting decoder (dynamic prompts and points, mask input) -> {dec_path}")
     export_decoder(model, dec_path, opset)
-    _add_metadata(dec_path, {**meta, "edgesam.role": "decoder"})
+    write_metadata(dec_path, {**meta, "edgesam.role": "decoder"})
     progress(
         f"  done in {time.perf_counter() - start:.1f}s ({dec_path.stat().st_size / 1e6:.1f} MB)"
     )
@@ -360,189 +331,51 @@ def export_onnx(
     image_path, prompt_path = split_decoder_paths(dec_path)
     progress(f"exporting the split decoder (clicks without a mask) -> {image_path}, {prompt_path}")
     export_split_decoder(model, image_path, prompt_path, opset)
-    _add_metadata(image_path, {**meta, "edgesam.role": "decoder_image"})
-    _add_metadata(prompt_path, {**meta, "edgesam.role": "decoder_prompt"})
+    write_metadata(image_path, {**meta, "edgesam.role": "decoder_image"})
+    write_metadata(prompt_path, {**meta, "edgesam.role": "decoder_prompt"})
     progress(f"  done in {time.perf_counter() - start:.1f}s")
     return OnnxPair(enc_path, dec_path, fingerprint)
 
 
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The metadata entries of an ONNX file (empty for files not written by us)."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
+def default_cache_dir() -> Path:
+    """EDGESAM_CACHE_DIR, else ~/.cache/edgesam."""
+    env = os.environ.get("EDGESAM_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "edgesam"
 
 
-def file_digest(path: str | os.PathLike[str], length: int = 16) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:length]
+def export_cached(
+    checkpoint: str | os.PathLike[str] | None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    upsample_mode: str = "bicubic",
+    opset: int | None = None,
+) -> tuple[Path, Path]:
+    """Our ONNX pair for a checkpoint, exported once per (file content, mode, opset, format);
+    `opset` None is the exporter's default.
 
-
-def verify_onnx(model: EdgeSam, pair: OnnxPair, progress: Progress = _quiet) -> dict[str, float]:
-    """Run the exported pair in ONNX Runtime (CPU) on random inputs and report the largest
-    difference from the PyTorch model."""
-    from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-    torch.manual_seed(0)
-    images = torch.randn((1, 3, 1024, 1024))
-    backend = OnnxRuntimeBackend(pair.encoder, pair.decoder, device="cpu")
-    with torch.inference_mode():
-        ref_emb = model.encode(images)
-        coords = torch.tensor([[[300.0, 400.0], [0.0, 0.0]]])
-        labels = torch.tensor([[1, -1]])
-        ref_logits, ref_iou = model.decode(ref_emb, coords, labels)
-    emb = backend.encode(images)
-    logits, iou = backend.decode(ref_emb, coords, labels)
-    diffs = {
-        "embedding_max_abs": float((emb - ref_emb).abs().max()),
-        "logits_max_abs": float((logits - ref_logits).abs().max()),
-        "iou_max_abs": float((iou - ref_iou).abs().max()),
-    }
-    progress(
-        "verified against PyTorch (ONNX Runtime CPU): "
-        + ", ".join(f"{k}={v:.2e}" for k, v in diffs.items())
-    )
-    return diffs
-
-
-def _print(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def _opset_for_tensorrt(wanted: int) -> int:
-    """`wanted`, lowered to what the installed TensorRT's ONNX parser reads."""
-    from engine.backends.tensorrt_backend import _import_trt
-    from engine.backends.trt_logic import tensorrt_opset
-
-    version = str(_import_trt().__version__)
-    opset = tensorrt_opset(version, wanted)
-    if opset != wanted:
-        _print(f"TensorRT {version}: opset {opset} instead of {wanted}")
-    return opset
-
-
-def _cmd_onnx(args: argparse.Namespace) -> int:
-    from engine.loader import build_edge_sam
-
-    source = args.checkpoint or "random weights"
-    _print(f"[1/3] loading {source} (upsample_mode={args.upsample_mode})")
-    if args.checkpoint is None:
-        torch.manual_seed(args.seed)
-    model = build_edge_sam(args.checkpoint, upsample_mode=args.upsample_mode)
-    opset = _opset_for_tensorrt(args.opset) if args.for_tensorrt else args.opset
-    _print("[2/3] exporting")
-    pair = export_onnx(
-        model,
-        args.out_dir,
-        args.name,
-        opset,
-        _print,
-        source=Path(args.checkpoint).name if args.checkpoint else "random",
-        upsample=args.upsample_export,
-    )
-    if args.verify:
-        _print("[3/3] verifying with ONNX Runtime")
-        verify_onnx(model, pair, _print)
-    else:
-        _print("[3/3] verification skipped (--no-verify)")
-    _print(f"wrote {pair.encoder}")
-    _print(f"wrote {pair.decoder}")
-    for path in split_decoder_paths(pair.decoder):
-        _print(f"wrote {path}")
-    _print(f"fingerprint {pair.fingerprint}")
-    return 0
-
-
-def _cmd_tensorrt(args: argparse.Namespace) -> int:
-    from engine.backends.tensorrt_backend import build_engines_for
-    from engine.backends.trt_logic import ProfileSpec
-
-    spec = ProfileSpec(
-        max_batch=args.max_batch,
-        opt_batch=args.opt_batch,
-        max_prompts=args.max_prompts,
-        max_points=args.max_points,
-    )
-    written = build_engines_for(
-        args.onnx,
-        decoder_path=args.decoder,
-        precision=args.precision,
-        profile=spec,
-        cache_dir=args.cache_dir,
-        device=args.device,
-        workspace_gb=args.workspace_gb,
-        force=args.force,
-        progress=_print,
-    )
-    for path in written:
-        _print(f"wrote {path}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m engine.export",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    onnx_p = sub.add_parser("onnx", help="export the encoder and decoder to ONNX")
-    onnx_p.add_argument("--checkpoint", help=".pth or .safetensors; omitted: random weights")
-    onnx_p.add_argument("--out-dir", default=".", help="folder to write into")
-    onnx_p.add_argument("--name", default="edge_sam", help="file name stem")
-    onnx_p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    onnx_p.add_argument(
-        "--for-tensorrt",
-        action="store_true",
-        help="lower --opset to what this machine's TensorRT reads (16 before TensorRT 8.6)",
-    )
-    onnx_p.add_argument("--upsample-mode", choices=("bicubic", "bilinear"), default="bicubic")
-    onnx_p.add_argument(
-        "--upsample-export",
-        choices=("matmul", "resize"),
-        default="matmul",
-        help="stage-3 upsampling as two MatMuls (fast) or an ONNX Resize node",
-    )
-    onnx_p.add_argument("--seed", type=int, default=0, help="seed for random weights")
-    onnx_p.add_argument(
-        "--no-verify",
-        dest="verify",
-        action="store_false",
-        help="skip the ONNX Runtime vs PyTorch check",
-    )
-    onnx_p.set_defaults(func=_cmd_onnx)
-
-    trt_p = sub.add_parser("tensorrt", help="build TensorRT engines on this GPU")
-    trt_p.add_argument("--onnx", required=True, help="<name>_encoder.onnx written by `onnx`")
-    trt_p.add_argument("--decoder", help="decoder ONNX (default: <name>_decoder.onnx beside)")
-    trt_p.add_argument("--precision", choices=("fp32", "fp16"), default="fp16")
-    trt_p.add_argument("--max-batch", type=int, default=8, help="encoder profile max batch")
-    trt_p.add_argument("--opt-batch", type=int, default=None, help="encoder profile opt batch")
-    trt_p.add_argument("--max-prompts", type=int, default=64, help="decoder profile max prompts")
-    trt_p.add_argument("--max-points", type=int, default=16, help="decoder profile max points")
-    trt_p.add_argument("--cache-dir", default=None, help="engine cache folder")
-    trt_p.add_argument("--device", default="cuda:0")
-    trt_p.add_argument("--workspace-gb", type=float, default=2.0)
-    trt_p.add_argument("--force", action="store_true", help="rebuild even when cached")
-    trt_p.set_defaults(func=_cmd_tensorrt)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    from engine.backends.base import BackendError
-
-    args = build_parser().parse_args(argv)
+    None (random weights) exports into a fresh temporary folder, never cached."""
+    opset = DEFAULT_OPSET if opset is None else opset
+    if checkpoint is None:
+        out = Path(tempfile.mkdtemp(prefix="edgesam-onnx-"))
+        pair = export_onnx(build_edge_sam(None, upsample_mode), out, "random", opset)  # type: ignore[arg-type]
+        return pair.encoder, pair.decoder
+    ckpt = Path(checkpoint)
+    key = f"{ckpt.stem}-{file_digest(ckpt, 12)}-{upsample_mode}-op{opset}-v{FORMAT_VERSION}"
+    folder = Path(cache_dir) if cache_dir else default_cache_dir() / "onnx"
+    target = folder / key
+    enc, dec = target / "edge_sam_encoder.onnx", target / "edge_sam_decoder.onnx"
+    if enc.is_file() and dec.is_file():
+        return enc, dec
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
     try:
-        return int(args.func(args))
-    except BackendError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        log.info("exporting %s to ONNX into %s (once)", ckpt.name, target)
+        export_onnx(build_edge_sam(ckpt, upsample_mode), tmp, "edge_sam", opset, source=ckpt.name)  # type: ignore[arg-type]
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race; use its files
+            if not (enc.is_file() and dec.is_file()):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return enc, dec

@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.export import DEFAULT_OPSET, _add_metadata, _export, model_fingerprint
+from engine.export.to_onnx import _export, model_fingerprint
 from engine.modeling import EdgeSam
+from engine.onnx_format import DEFAULT_OPSET, write_metadata
 
 SAM_FORMAT_NAME = "segment-anything"
 VARIANTS = ("sam", "multimask", "cvat")
@@ -164,7 +165,7 @@ def export_sam_decoder(
     target = Path(path)
     _export(module, example, target, SAM_INPUTS, outputs, axes, opset)
     fingerprint = fingerprint or model_fingerprint(model)
-    _add_metadata(
+    write_metadata(
         target,
         {
             "edgesam.format": SAM_FORMAT_NAME,

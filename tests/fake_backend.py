@@ -1,4 +1,5 @@
-"""A deterministic stand-in for the model, for API tests and demos without weights.
+"""A deterministic stand-in for the model, for API tests without weights (test code: the
+service never selects it; tests pass it as `SegmentationService(settings, backend=...)`).
 
 encode: 16x16 average pooling of the normalised image, spread over 256 channels (so
 different images give different embeddings). decode: positive discs around foreground points,
@@ -10,6 +11,7 @@ inputs, never on randomness or timing.
 from __future__ import annotations
 
 import hashlib
+import time
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +41,6 @@ class FakeBackend(Backend):
         self._ys = (ys + 0.5) * 4.0
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        import time
-
         self.encode_calls += 1
         if self.encode_delay_s:
             time.sleep(self.encode_delay_s)
