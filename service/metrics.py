@@ -69,6 +69,17 @@ class Metrics:
         self.redis_up = Gauge(
             "edgesam_redis_up", "1 while Redis answers, 0 while degraded", registry=r
         )
+        self.redis_breaker_opens = Counter(
+            "edgesam_redis_breaker_opens_total",
+            "Times the Redis circuit breaker opened (consecutive failures)",
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "edgesam_rate_limited_total",
+            "Requests refused by the per-key rate limit",
+            ["transport"],
+            registry=r,
+        )
         self.rejected = Counter(
             "edgesam_rejected_total",
             "Requests refused because a queue was full",
