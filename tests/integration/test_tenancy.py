@@ -11,8 +11,8 @@ import redis
 
 from proto.edgesam.v1 import segmentation_pb2 as pb
 from service.tenancy import tenant_id
-from tests.integration.conftest import png_bytes, test_image
 from tests.integration import grpc_util
+from tests.integration.conftest import png_bytes, test_image
 
 start_grpc_service = grpc_util.start_grpc_service  # the fixture
 
