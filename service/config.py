@@ -213,10 +213,6 @@ class Settings(BaseSettings):
             if path is not None and not path.is_file():
                 raise ValueError(f"EDGESAM_{name.upper()}={path} is not a file")
 
-    @property
-    def rate_limit_enabled(self) -> bool:
-        return self.rate_limit_per_second > 0
-
     def redis_tls_options(self) -> dict:
         """redis-py's TLS arguments for a rediss:// URL (ignored for redis://)."""
         return {

@@ -52,7 +52,7 @@ from service.grpc_convert import (
 from service.grpc_errors import status_of
 from service.grpc_session import InteractiveSession
 from service.metrics import Metrics
-from service.ratelimit import RateLimiter
+from service.ratelimit import RateLimiter, shared_limiter
 from service.schemas import IMAGE_ID
 from service.tenancy import TENANT, tenant_id
 
@@ -406,11 +406,7 @@ class GrpcServer:
         self.service = service
         self.settings = settings
         self.health = health.aio.HealthServicer()
-        limiter = (
-            RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
-            if settings.rate_limit_enabled
-            else None
-        )
+        limiter = shared_limiter(service, settings.rate_limit_per_second, settings.rate_limit_burst)
         interceptor = ApiKeyInterceptor(
             settings.api_key_values(), settings.tenant_isolation, limiter, service.metrics
         )

@@ -49,6 +49,7 @@ from service.errors import (
     spec_for,
 )
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from service.ratelimit import shared_limiter
 from service.schemas import (
     IMAGE_ID_PATTERN,
     EmbedResult,
@@ -133,11 +134,7 @@ class EdgeSamMiddleware:
         self.max_body = s.max_body_bytes
         self.max_json = s.max_json_bytes
         self.isolate = s.tenant_isolation
-        self.limiter = None
-        if s.rate_limit_enabled:
-            from service.ratelimit import RateLimiter
-
-            self.limiter = RateLimiter(s.rate_limit_per_second, s.rate_limit_burst)
+        self.limiter = shared_limiter(service, s.rate_limit_per_second, s.rate_limit_burst)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

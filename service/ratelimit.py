@@ -13,10 +13,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from threading import Lock
+from weakref import WeakKeyDictionary
 
 from service.errors import RateLimited
 
 MAX_BUCKETS = 10_000
+# one limiter per service instance, whichever transport asks first: a key's requests over
+# HTTP and gRPC draw from the same bucket
+_SHARED: WeakKeyDictionary[object, RateLimiter] = WeakKeyDictionary()
+_SHARED_LOCK = Lock()
 
 
 class RateLimiter:
@@ -66,3 +71,15 @@ class RateLimiter:
                 "retry later",
                 retry_after=max(1, math.ceil(wait)),
             )
+
+
+def shared_limiter(owner: object, per_second: float, burst: int) -> RateLimiter | None:
+    """The rate limiter of `owner` (a SegmentationService), made on first use; None when
+    `per_second` is 0 (off)."""
+    if per_second <= 0:
+        return None
+    with _SHARED_LOCK:
+        limiter = _SHARED.get(owner)
+        if limiter is None:
+            limiter = _SHARED[owner] = RateLimiter(per_second, burst)
+        return limiter
