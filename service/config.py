@@ -186,6 +186,10 @@ class Settings(BaseSettings):
         self._check_tls()
         if self.tenant_isolation and not self.api_keys:
             raise ValueError("EDGESAM_TENANT_ISOLATION needs EDGESAM_API_KEYS (a tenant per key)")
+        if self.tenant_isolation and self.role == "decoder":
+            # a forwarded embed reaches the encoders with this replica's key, not the
+            # caller's: it would land in another tenant's namespace
+            raise ValueError("EDGESAM_TENANT_ISOLATION is not supported with EDGESAM_ROLE=decoder")
         if self.grpc_port and self.grpc_port == self.http_port:
             raise ValueError("EDGESAM_GRPC_PORT and EDGESAM_HTTP_PORT must differ")
         if self.device.startswith("cpu") and self.precision != "fp32":

@@ -46,3 +46,13 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s.mask_ttl_seconds, s.rate_limit_per_second, s.rate_limit_burst) == (120, 2.5, 10)
     assert (s.redis_breaker_failures, s.redis_bulk_socket_timeout) == (5, 8.0)
     assert s.tenant_isolation
+
+
+def test_tenant_isolation_refuses_the_decoder_role() -> None:
+    with pytest.raises(ValidationError, match="EDGESAM_ROLE=decoder"):
+        Settings(  # type: ignore[call-arg]
+            tenant_isolation=True,
+            api_keys="a-long-key-1",
+            role="decoder",
+            encoder_grpc_target="127.0.0.1:1",
+        )
