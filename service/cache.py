@@ -42,6 +42,7 @@ from redis.exceptions import RedisError
 from engine.core import ImageEmbedding
 from service import tenancy
 from service.breaker import CircuitBreaker
+from service.compat import to_thread
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -515,7 +516,8 @@ class TensorCache:
         """Store one answer's best low-res logits, quantised (serialize_mask): the LRU keeps
         the very values Redis gives back, so every replica refines alike."""
         meta = {**self._expect("mask"), "image_id": image_id}
-        blob, stored = serialize_mask(logits.reshape(1, 256, 256), meta)
+        # quantising and compressing take milliseconds (zlib releases the GIL): off the loop
+        blob, stored = await to_thread(serialize_mask, logits.reshape(1, 256, 256), meta)
         await self._put("mask", self.mask_key(mask_id), Entry(stored, meta), blob)
 
     def _as_stored(self, tensor: torch.Tensor) -> torch.Tensor:

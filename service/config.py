@@ -24,6 +24,11 @@ GET_WEIGHTS_HINT = (
 )
 
 
+# EDGESAM_ENCODE_MAX_BATCH's defaults per device (docs/reliability.md, memory)
+GPU_ENCODE_MAX_BATCH = 8
+CPU_ENCODE_MAX_BATCH = 2
+
+
 def default_cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "edgesam"
@@ -115,7 +120,9 @@ class Settings(BaseSettings):
     max_boxes: int = Field(64, ge=1, le=BOXES_CAP)
 
     # Work queues (every one bounded)
-    encode_max_batch: int = Field(8, ge=1, le=64)
+    # unset: per device (encode_batch): a batch of 8 on a 2-core CPU peaked at 1.7 GB RSS
+    # under an embed storm for no more images/s than 2 (docs/reliability.md)
+    encode_max_batch: Optional[int] = Field(None, ge=1, le=64)
     encode_max_wait_ms: float = Field(5.0, ge=0, le=1000)
     encode_max_queue: int = Field(16, ge=1, le=10_000)
     encode_workers: int = Field(1, ge=1, le=64)
@@ -224,6 +231,12 @@ class Settings(BaseSettings):
             "ssl_certfile": str(self.redis_tls_cert_file) if self.redis_tls_cert_file else None,
             "ssl_keyfile": str(self.redis_tls_key_file) if self.redis_tls_key_file else None,
         }
+
+    def encode_batch(self, device: str) -> int:
+        """EDGESAM_ENCODE_MAX_BATCH, else the device's default (CUDA: 8, CPU: 2)."""
+        if self.encode_max_batch is not None:
+            return self.encode_max_batch
+        return GPU_ENCODE_MAX_BATCH if device.startswith("cuda") else CPU_ENCODE_MAX_BATCH
 
     def cache_storage_dtype(self, encoder_precision: str) -> str:
         """The dtype embeddings and masks are cached in, `auto` resolved for an encoder

@@ -148,7 +148,7 @@ class LocalEncoder:
         if priors is None and batching is not None and hasattr(batching, "EncoderBatcher"):
             self._batcher = batching.EncoderBatcher(
                 backend,
-                max_batch=min(settings.encode_max_batch, backend.info.max_batch),
+                max_batch=min(settings.encode_batch(backend.info.device), backend.info.max_batch),
                 max_wait_ms=settings.encode_max_wait_ms,
                 max_queue=settings.encode_max_queue,
             )
@@ -400,7 +400,7 @@ class SegmentationService:
             if s.torch_threads:
                 options["num_threads"] = s.torch_threads
             if s.torch_compile:
-                options.update(compile=True, compile_warmup_batch=s.encode_max_batch)
+                options.update(compile=True, compile_warmup_batch=s.encode_batch(device))
             if s.torch_triton_mixer:
                 options["triton_mixer"] = True
         if backend == "onnxruntime" and s.torch_threads:  # the CPU runtime `auto` picks

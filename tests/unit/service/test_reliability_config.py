@@ -56,3 +56,12 @@ def test_tenant_isolation_refuses_the_decoder_role() -> None:
             role="decoder",
             encoder_grpc_target="127.0.0.1:1",
         )
+
+
+def test_the_encoder_batch_defaults_per_device() -> None:
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.encode_max_batch is None
+    assert s.encode_batch("cpu") == 2  # peak RSS within 1.5 GB under a storm
+    assert s.encode_batch("cuda") == s.encode_batch("cuda:1") == 8
+    explicit = Settings(encode_max_batch=6)  # type: ignore[call-arg]
+    assert explicit.encode_batch("cpu") == explicit.encode_batch("cuda") == 6
