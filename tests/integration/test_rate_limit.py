@@ -7,7 +7,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from proto.edgesam.v1 import segmentation_pb2 as pb
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
 from service.grpc_errors import ERROR_CODE_KEY, RETRY_AFTER_KEY, metadata_value
 from tests.integration import grpc_util
 

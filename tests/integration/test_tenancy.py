@@ -9,7 +9,7 @@ import grpc
 import pytest
 import redis
 
-from proto.edgesam.v1 import segmentation_pb2 as pb
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
 from service.tenancy import tenant_id
 from tests.integration import grpc_util
 from tests.integration.conftest import png_bytes, test_image

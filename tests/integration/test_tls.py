@@ -12,8 +12,8 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from proto.edgesam.v1 import segmentation_pb2 as pb
-from proto.edgesam.v1 import segmentation_pb2_grpc as pb_grpc
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
+from edgesam_client.grpc_stubs import segmentation_pb2_grpc as pb_grpc
 from tests.integration import process_util
 from tests.integration.conftest import png_bytes, test_image
 from tests.integration.process_util import ServiceProcess
