@@ -4,7 +4,10 @@ service`'s code path, fake backend): HTTPS and gRPC with server credentials, and
 
 from __future__ import annotations
 
+import os
 import ssl
+import subprocess
+import sys
 import time
 
 import grpc
@@ -14,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgesam_client.grpc_stubs import segmentation_pb2 as pb
 from edgesam_client.grpc_stubs import segmentation_pb2_grpc as pb_grpc
+from tests.conftest import REPO_ROOT
 from tests.integration import process_util
 from tests.integration.conftest import png_bytes, test_image
 from tests.integration.process_util import ServiceProcess
@@ -104,6 +108,20 @@ def test_tls_on_both_transports(service_processes, pki: Pki) -> None:
         with pytest.raises(grpc.RpcError) as err:
             health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_container_health_probe_speaks_https(service_processes, pki: Pki) -> None:
+    proc = _start(service_processes, pki, mtls=False)
+    env = {
+        **os.environ,
+        "EDGESAM_HTTP_PORT": str(proc.http_port),
+        "EDGESAM_TLS_CERT_FILE": str(pki.server_cert),
+        "EDGESAM_TLS_KEY_FILE": str(pki.server_key),
+    }
+    probe = [sys.executable, str(REPO_ROOT / "deploy" / "docker" / "healthcheck.py")]
+    assert subprocess.run(probe, env=env, capture_output=True, timeout=30).returncode == 0
+    plain = {k: v for k, v in env.items() if not k.startswith("EDGESAM_TLS_")}
+    assert subprocess.run(probe, env=plain, capture_output=True, timeout=30).returncode == 1
 
 
 def test_mtls_refuses_clients_without_a_certificate(service_processes, pki: Pki) -> None:
