@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -168,6 +169,19 @@ def _guarded(
             return await streaming(requests, context)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary_call, **kwargs)
+
+    if not inspect.isasyncgenfunction(streaming):  # writes with context.write, returns None
+
+        async def written(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await guard(context)
+            return await streaming(request, context)
+
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if handler.stream_stream is not None
+            else grpc.unary_stream_rpc_method_handler
+        )
+        return make(written, **kwargs)
 
     async def streamed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         await guard(context)
