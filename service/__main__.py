@@ -55,6 +55,24 @@ def extra_servers(settings: Settings) -> list[ExtraServer]:
     return [lambda svc: serve_grpc(svc, settings)]
 
 
+def http_tls_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS arguments: EDGESAM_TLS_CERT_FILE/EDGESAM_TLS_KEY_FILE serve HTTPS; with
+    EDGESAM_TLS_CLIENT_CA_FILE a client must present a certificate that CA signed (mTLS)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return {}
+    import ssl
+
+    options: dict[str, Any] = {
+        "ssl_certfile": str(settings.tls_cert_file),
+        "ssl_keyfile": str(settings.tls_key_file),
+    }
+    if settings.tls_client_ca_file is not None:
+        options.update(
+            ssl_ca_certs=str(settings.tls_client_ca_file), ssl_cert_reqs=ssl.CERT_REQUIRED
+        )
+    return options
+
+
 def create_app(*args: Any, **kwargs: Any) -> Any:
     """service.http_app.create_app, imported late (torch loads only once config is good)."""
     from service.http_app import create_app as make
@@ -85,6 +103,7 @@ async def serve(
         lifespan="on",
         timeout_graceful_shutdown=max(5, int(settings.drain_seconds)),
         access_log=settings.log_level == "debug",
+        **http_tls_options(settings),
     )
     server = _server_class()(config)
     loop = asyncio.get_running_loop()

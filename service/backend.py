@@ -18,16 +18,19 @@ log = logging.getLogger(__name__)
 def backend_args(settings: Settings, checkpoint: Path | None) -> BackendArgs:
     """The backend this service runs, `auto` resolved on this machine, with the settings'
     knobs as that backend's options."""
+    device = settings.resolved_device()
     return BackendArgs.resolve(
         checkpoint,
         backend=settings.backend,
-        device=settings.resolved_device(),
+        device=device,
         precision=settings.precision,
         needs_torch=settings.needs_torch,
         knobs={
             "threads": settings.torch_threads or None,
             "compile": settings.torch_compile,
-            "compile_warmup_batch": settings.encode_max_batch if settings.torch_compile else None,
+            "compile_warmup_batch": settings.encode_batch(device)
+            if settings.torch_compile
+            else None,
             "triton_mixer": settings.torch_triton_mixer,
             "engine_cache_dir": str(settings.engine_cache_dir),
         },

@@ -24,6 +24,11 @@ GET_WEIGHTS_HINT = (
 )
 
 
+# EDGESAM_ENCODE_MAX_BATCH's defaults per device (docs/reliability.md, memory)
+GPU_ENCODE_MAX_BATCH = 8
+CPU_ENCODE_MAX_BATCH = 2
+
+
 def default_cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "edgesam"
@@ -73,6 +78,16 @@ class Settings(BaseSettings):
     # Origins whose pages may call the API from a browser (comma list; `*` any); empty: none
     cors_origins: Annotated[List[str], NoDecode] = Field(default_factory=list)
     drain_seconds: float = Field(20.0, ge=0, le=600)
+    # TLS for both transports (certificate chain and key, PEM); with a client CA, clients
+    # must present a certificate it signed (mTLS)
+    tls_cert_file: Optional[Path] = None
+    tls_key_file: Optional[Path] = None
+    tls_client_ca_file: Optional[Path] = None
+    # with API keys: each key's embeddings and masks in a namespace of its own
+    tenant_isolation: bool = False
+    # per API key (per client address without keys): a token bucket; 0 = off
+    rate_limit_per_second: float = Field(0.0, ge=0, le=100_000)
+    rate_limit_burst: int = Field(0, ge=0, le=1_000_000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # Cache
@@ -80,9 +95,23 @@ class Settings(BaseSettings):
     redis_key_prefix: str = "edgesam:"
     redis_socket_timeout: float = Field(0.5, gt=0, le=30)
     redis_connect_timeout: float = Field(0.5, gt=0, le=30)
+    # embedding GET/SET (megabytes each) on a pool of their own: under load a 5 MB read
+    # waits on a busy event loop well past the small calls' timeout while Redis is healthy
+    redis_bulk_socket_timeout: float = Field(5.0, gt=0, le=60)
+    # the breaker opens after this many consecutive failures, for EDGESAM_REDIS_RETRY_SECONDS,
+    # then one request probes Redis
+    redis_breaker_failures: int = Field(3, ge=1, le=1000)
     redis_retry_seconds: float = Field(2.0, ge=0, le=300)
+    # rediss:// only: the CA that signed Redis' certificate (else the system's), and a client
+    # certificate where Redis asks for one (tls-auth-clients)
+    redis_tls_ca_file: Optional[Path] = None
+    redis_tls_cert_file: Optional[Path] = None
+    redis_tls_key_file: Optional[Path] = None
     redis_max_connections: int = Field(32, ge=1, le=1024)
     cache_ttl_seconds: int = Field(3600, ge=1, le=30 * 86400)
+    # refinement masks (the previous answer's low-res logits): short-lived, never longer
+    # than the embeddings they refine
+    mask_ttl_seconds: int = Field(600, ge=1, le=30 * 86400)
     # auto: what the encoder computes in, so the cache never rounds an embedding (float32
     # for an fp32 encoder; float16, lossless and half the memory, for fp16 and bf16 ones)
     cache_dtype: Literal["auto", "float16", "float32"] = "auto"
@@ -96,7 +125,9 @@ class Settings(BaseSettings):
     max_boxes: int = Field(64, ge=1, le=BOXES_CAP)
 
     # Work queues (every one bounded)
-    encode_max_batch: int = Field(8, ge=1, le=64)
+    # unset: per device (encode_batch): a batch of 8 on a 2-core CPU peaked at 1.7 GB RSS
+    # under an embed storm for no more images/s than 2 (docs/reliability.md)
+    encode_max_batch: Optional[int] = Field(None, ge=1, le=64)
     encode_max_wait_ms: float = Field(5.0, ge=0, le=1000)
     encode_max_queue: int = Field(16, ge=1, le=10_000)
     encode_workers: int = Field(1, ge=1, le=64)
@@ -138,7 +169,19 @@ class Settings(BaseSettings):
                 raise ValueError("every API key must be at least 8 characters long")
         return value
 
-    @field_validator("redis_url", "encoder_grpc_target", "checkpoint", "web_ort_dir", mode="before")
+    @field_validator(
+        "redis_url",
+        "encoder_grpc_target",
+        "checkpoint",
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
+        "redis_tls_ca_file",
+        "redis_tls_cert_file",
+        "redis_tls_key_file",
+        "web_ort_dir",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -171,11 +214,53 @@ class Settings(BaseSettings):
         ]
         if torch_only and self.backend not in ("torch", "auto"):
             raise ValueError(f"{' and '.join(torch_only)} need EDGESAM_BACKEND=torch")
+        self._check_tls()
+        if self.tenant_isolation and not self.api_keys:
+            raise ValueError("EDGESAM_TENANT_ISOLATION needs EDGESAM_API_KEYS (a tenant per key)")
+        if self.tenant_isolation and self.role == "decoder":
+            # a forwarded embed reaches the encoders with this replica's key, not the
+            # caller's: it would land in another tenant's namespace
+            raise ValueError("EDGESAM_TENANT_ISOLATION is not supported with EDGESAM_ROLE=decoder")
         if self.grpc_port and self.grpc_port == self.http_port:
             raise ValueError("EDGESAM_GRPC_PORT and EDGESAM_HTTP_PORT must differ")
         if self.device.startswith("cpu") and self.precision != "fp32":
             raise ValueError("EDGESAM_PRECISION must be fp32 on the CPU")
         return self
+
+    def _check_tls(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("EDGESAM_TLS_CERT_FILE and EDGESAM_TLS_KEY_FILE go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("EDGESAM_TLS_CLIENT_CA_FILE (mTLS) needs EDGESAM_TLS_CERT_FILE")
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            raise ValueError(
+                "EDGESAM_REDIS_TLS_CERT_FILE and EDGESAM_REDIS_TLS_KEY_FILE go together"
+            )
+        for name in (
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_client_ca_file",
+            "redis_tls_ca_file",
+            "redis_tls_cert_file",
+            "redis_tls_key_file",
+        ):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"EDGESAM_{name.upper()}={path} is not a file")
+
+    def redis_tls_options(self) -> dict:
+        """redis-py's TLS arguments for a rediss:// URL (ignored for redis://)."""
+        return {
+            "ssl_ca_certs": str(self.redis_tls_ca_file) if self.redis_tls_ca_file else None,
+            "ssl_certfile": str(self.redis_tls_cert_file) if self.redis_tls_cert_file else None,
+            "ssl_keyfile": str(self.redis_tls_key_file) if self.redis_tls_key_file else None,
+        }
+
+    def encode_batch(self, device: str) -> int:
+        """EDGESAM_ENCODE_MAX_BATCH, else the device's default (CUDA: 8, CPU: 2)."""
+        if self.encode_max_batch is not None:
+            return self.encode_max_batch
+        return GPU_ENCODE_MAX_BATCH if device.startswith("cuda") else CPU_ENCODE_MAX_BATCH
 
     def cache_storage_dtype(self, encoder_precision: str) -> str:
         """The dtype embeddings and masks are cached in, `auto` resolved for an encoder

@@ -33,7 +33,7 @@ from engine.core import (
     with_prior_box,
 )
 from engine.priors import load_priors
-from service import codecs
+from service import codecs, tenancy
 from service.backend import load_backend
 from service.cache import TensorCache
 from service.compat import to_thread
@@ -170,6 +170,10 @@ class SegmentationService:
                 max_connections=s.redis_max_connections,
                 dtype=s.cache_storage_dtype(backend.info.precision),
                 with_priors=s.priors_checkpoint is not None,
+                mask_ttl_seconds=s.mask_ttl_seconds,
+                bulk_socket_timeout=s.redis_bulk_socket_timeout,
+                breaker_failures=s.redis_breaker_failures,
+                redis_tls=s.redis_tls_options(),
             )
             if s.priors_checkpoint is not None and self.priors is None:
                 device = self.backend.info.device
@@ -243,8 +247,10 @@ class SegmentationService:
             return self._embed_result(image_id, hit[0], True, hit[1])
         if self.forwarder is not None:
             return await self.forwarder.embed(data, content_type)
+        # per tenant (service.tenancy): a waiter's embedding must land in its own namespace
+        flight = f"{tenancy.current() or ''}:{image_id}"
         while True:
-            running = self._inflight.get(image_id)
+            running = self._inflight.get(flight)
             if running is None:
                 break
             try:
@@ -259,7 +265,7 @@ class SegmentationService:
             )
         future: asyncio.Future[ImageEmbedding] = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._inflight[image_id] = future
+        self._inflight[flight] = future
         try:
             image = await self._images.run(
                 codecs.decode_image, data, content_type, self.settings.max_image_pixels
@@ -283,7 +289,7 @@ class SegmentationService:
                 future.set_exception(exc)
             raise
         finally:
-            self._inflight.pop(image_id, None)
+            self._inflight.pop(flight, None)
         return self._embed_result(image_id, emb, False, cache.ttl)
 
     @staticmethod

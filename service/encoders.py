@@ -65,7 +65,7 @@ class LocalEncoder:
         if priors is None:
             self._batcher = EncoderBatcher(
                 backend,
-                max_batch=min(settings.encode_max_batch, backend.info.max_batch),
+                max_batch=min(settings.encode_batch(backend.info.device), backend.info.max_batch),
                 max_wait_ms=settings.encode_max_wait_ms,
                 max_queue=settings.encode_max_queue,
             )

@@ -95,6 +95,12 @@ class Overloaded(ServiceError):
     kind = "overloaded"
 
 
+class RateLimited(ServiceError):
+    """This API key (or client) is over its rate limit; retry after `retry_after` seconds."""
+
+    kind = "rate_limited"
+
+
 class NotReady(ServiceError):
     """The model is loading, or the service is draining before shutdown."""
 
@@ -142,6 +148,7 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "mask_input_not_found": ErrorSpec("mask_input_not_found", 404, "NOT_FOUND"),
     "unauthenticated": ErrorSpec("unauthenticated", 401, "UNAUTHENTICATED"),
     "overloaded": ErrorSpec("overloaded", 503, "UNAVAILABLE"),
+    "rate_limited": ErrorSpec("rate_limited", 429, "RESOURCE_EXHAUSTED"),
     "not_ready": ErrorSpec("not_ready", 503, "UNAVAILABLE"),
     "encoder_unavailable": ErrorSpec("encoder_unavailable", 503, "UNAVAILABLE"),
     "unavailable_feature": ErrorSpec("unavailable_feature", 501, "UNIMPLEMENTED"),

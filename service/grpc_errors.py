@@ -18,12 +18,13 @@ def status_code(exc: BaseException) -> grpc.StatusCode:
 
 
 def trailers(exc: BaseException) -> tuple[tuple[str, str], ...]:
-    """Trailing metadata: the stable code, and retry-after (seconds) with UNAVAILABLE."""
+    """Trailing metadata: the stable code, and retry-after (seconds) with UNAVAILABLE and
+    with a rate limit's RESOURCE_EXHAUSTED."""
     spec = spec_for(exc)
     out: tuple[tuple[str, str], ...] = ((ERROR_CODE_KEY, spec.code),)
-    if spec.grpc_status == "UNAVAILABLE":
-        retry_after = getattr(exc, "retry_after", None) or 1
-        out += ((RETRY_AFTER_KEY, str(int(retry_after))),)
+    retry_after = getattr(exc, "retry_after", None)
+    if spec.grpc_status == "UNAVAILABLE" or (spec.http_status == 429 and retry_after):
+        out += ((RETRY_AFTER_KEY, str(int(retry_after or 1))),)
     return out
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,7 +33,7 @@ from pydantic import ValidationError
 from edgesam_client.grpc_stubs import segmentation_pb2 as pb
 from edgesam_client.grpc_stubs import segmentation_pb2_grpc as pb_grpc
 from service import roles
-from service.auth import api_key_matches
+from service.auth import matching_key
 from service.config import Settings
 from service.core import SegmentationService
 from service.errors import (
@@ -51,7 +52,10 @@ from service.grpc_convert import (
 )
 from service.grpc_errors import status_of
 from service.grpc_session import InteractiveSession
+from service.metrics import Metrics
+from service.ratelimit import RateLimiter, shared_limiter
 from service.schemas import IMAGE_ID
+from service.tenancy import TENANT, tenant_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,10 +75,21 @@ MAX_SESSIONS = 256  # concurrent InteractiveSegment streams (each holds one embe
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without a configured key (constant-time compare of every key); the
-    health service stays open."""
+    health service stays open. Where configured, it also applies the per-key rate limit
+    (RESOURCE_EXHAUSTED, code rate_limited) and runs the call in the key's tenant namespace
+    (service.tenancy), as the HTTP middleware does."""
 
-    def __init__(self, keys: list[bytes]) -> None:
+    def __init__(
+        self,
+        keys: list[bytes],
+        tenant_isolation: bool = False,
+        limiter: RateLimiter | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.keys = keys
+        self.isolate = tenant_isolation
+        self.limiter = limiter
+        self.metrics = metrics
 
     async def intercept_service(
         self,
@@ -82,13 +97,35 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or not self.keys or details.method.startswith(OPEN_METHOD_PREFIXES):
+        if handler is None or details.method.startswith(OPEN_METHOD_PREFIXES):
             return handler
-        if self._authorised(details.invocation_metadata):
+        key = self._matching(details.invocation_metadata) if self.keys else None
+        if self.keys and key is None:
+            return _refusal(handler)
+        tenant = tenant_id(key) if key is not None else None
+        if self.limiter is None and not (self.isolate and tenant is not None):
             return handler
-        return _refusal(handler)
+        return _guarded(handler, self._guard(tenant))
 
-    def _authorised(self, metadata: Any) -> bool:
+    def _guard(self, tenant: str | None) -> Callable[[grpc.aio.ServicerContext], Awaitable[object]]:
+        """What runs first in the call's own task: the rate limit, then the tenant."""
+
+        async def guard(context: grpc.aio.ServicerContext) -> object:
+            if self.limiter is not None:
+                try:
+                    self.limiter.check(tenant or f"addr:{_peer_host(context.peer())}")
+                except ServiceError as exc:
+                    if self.metrics is not None:
+                        self.metrics.rate_limited.labels("grpc").inc()
+                    code, details, trailing = status_of(exc)
+                    await context.abort(code, details, trailing_metadata=trailing)
+            if self.isolate and tenant is not None:
+                TENANT.set(tenant)  # this call's task only: every RPC runs in its own
+            return None
+
+        return guard
+
+    def _matching(self, metadata: Any) -> bytes | None:
         given = None
         auth = None
         for key, value in metadata or ():
@@ -96,7 +133,64 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
                 given = value
             elif key == "authorization":
                 auth = value
-        return api_key_matches(given, auth, self.keys)
+        return matching_key(given, auth, self.keys)
+
+
+def _peer_host(peer: str) -> str:
+    """'ipv4:127.0.0.1:5555' -> '127.0.0.1' (the port changes per connection)."""
+    kind, _, rest = (peer or "").partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return rest.rsplit(":", 1)[0]
+    return peer or "unknown"
+
+
+def _guarded(
+    handler: grpc.RpcMethodHandler,
+    guard: Callable[[grpc.aio.ServicerContext], Awaitable[object]],
+) -> grpc.RpcMethodHandler:
+    """`handler` with `guard(context)` awaited before its behaviour, in the call's task."""
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+
+        async def unary_call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await guard(context)
+            return await unary(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_call, **kwargs)
+    streaming = handler.stream_stream or handler.unary_stream or handler.stream_unary
+    if handler.stream_unary is not None:
+
+        async def stream_unary_call(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            await guard(context)
+            return await streaming(requests, context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary_call, **kwargs)
+
+    if not inspect.isasyncgenfunction(streaming):  # writes with context.write, returns None
+
+        async def written(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await guard(context)
+            return await streaming(request, context)
+
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if handler.stream_stream is not None
+            else grpc.unary_stream_rpc_method_handler
+        )
+        return make(written, **kwargs)
+
+    async def streamed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await guard(context)
+        async for item in streaming(request, context):
+            yield item
+
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(streamed, **kwargs)
+    return grpc.unary_stream_rpc_method_handler(streamed, **kwargs)
 
 
 def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -343,8 +437,12 @@ class GrpcServer:
         self.service = service
         self.settings = settings
         self.health = health.aio.HealthServicer()
+        limiter = shared_limiter(service, settings.rate_limit_per_second, settings.rate_limit_burst)
+        interceptor = ApiKeyInterceptor(
+            settings.api_key_values(), settings.tenant_isolation, limiter, service.metrics
+        )
         self.server = grpc.aio.server(
-            interceptors=[ApiKeyInterceptor(settings.api_key_values())],
+            interceptors=[interceptor],
             options=[
                 ("grpc.max_receive_message_length", receive_limit(settings)),
                 ("grpc.max_send_message_length", MAX_SEND_BYTES),
@@ -358,7 +456,11 @@ class GrpcServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         bind = f"{_grpc_host(settings.http_host)}:{port}"
-        self.port = self.server.add_insecure_port(bind)
+        credentials = server_credentials(settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(bind)
+        else:
+            self.port = self.server.add_secure_port(bind, credentials)
         if not self.port:
             raise RuntimeError(f"gRPC could not bind {bind}")
         self._serving: bool | None = None
@@ -391,6 +493,19 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from EDGESAM_TLS_CERT_FILE/EDGESAM_TLS_KEY_FILE; with EDGESAM_TLS_CLIENT_CA_FILE,
+    clients must present a certificate that CA signed (mTLS). None: plaintext."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    ca = settings.tls_client_ca_file
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=ca.read_bytes() if ca is not None else None,
+        require_client_auth=ca is not None,
+    )
+
+
 def receive_limit(settings: Settings) -> int:
     """The transport's own message limit: the image limit and its envelope, plus a bounded
     margin within which the servicer answers payload_too_large itself."""
@@ -419,4 +534,11 @@ async def serve_grpc(
             await asyncio.shield(server.stop(grace=min(5.0, settings.drain_seconds)))
 
 
-__all__ = ["ApiKeyInterceptor", "GrpcServer", "SegmentationServicer", "receive_limit", "serve_grpc"]
+__all__ = [
+    "ApiKeyInterceptor",
+    "GrpcServer",
+    "SegmentationServicer",
+    "receive_limit",
+    "serve_grpc",
+    "server_credentials",
+]

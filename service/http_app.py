@@ -32,8 +32,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import codecs
-from service.auth import api_key_matches
+from service import codecs, tenancy
+from service.auth import matching_key
 from service.compat import Annotated
 from service.config import Settings
 from service.core import SegmentationService
@@ -50,6 +50,7 @@ from service.errors import (
     spec_for,
 )
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from service.ratelimit import shared_limiter
 from service.schemas import (
     IMAGE_ID_PATTERN,
     EmbedResult,
@@ -122,6 +123,7 @@ ERROR_RESPONSES: Dict[Union[int, str], Dict[str, Any]] = {
         (413, "body or image too large"),
         (415, "not JPEG, PNG or WebP; or a JSON body not sent as application/json"),
         (422, "invalid request or prompt"),
+        (429, "rate_limited: over this key's rate limit (Retry-After)"),
         (500, "internal_error or backend_error: the server logged the details"),
         (503, "overloaded or not ready (Retry-After)"),
     )
@@ -132,7 +134,7 @@ def error_response(exc: BaseException, headers: Optional[Dict[str, str]] = None)
     spec = spec_for(exc)
     headers = dict(headers or {})
     retry_after = getattr(exc, "retry_after", None)
-    if spec.http_status == 503:
+    if spec.http_status in (429, 503):
         headers["Retry-After"] = str(int(retry_after or 1))
     if spec.http_status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="edgesam"'
@@ -167,6 +169,8 @@ class EdgeSamMiddleware:
         self.keys = s.api_key_values()
         self.max_body = s.max_body_bytes
         self.max_json = s.max_json_bytes
+        self.isolate = s.tenant_isolation
+        self.limiter = shared_limiter(service, s.rate_limit_per_second, s.rate_limit_burst)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -187,12 +191,24 @@ class EdgeSamMiddleware:
                     message = {**message, "headers": headers}
             await send(message)
 
+        tenant_token = None
         try:
             path = scope.get("path", "")
-            if self.keys and not _is_open(path) and not self._authorised(scope):
-                raise Unauthenticated(
-                    "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'"
-                )
+            if not _is_open(path):
+                key = self._authorised(scope) if self.keys else None
+                if self.keys and key is None:
+                    raise Unauthenticated(
+                        "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'"
+                    )
+                tenant = tenancy.tenant_id(key) if key is not None else None
+                if self.limiter is not None:
+                    try:
+                        self.limiter.check(tenant or _client_address(scope))
+                    except ServiceError:
+                        self.service.metrics.rate_limited.labels("http").inc()
+                        raise
+                if self.isolate and tenant is not None:
+                    tenant_token = tenancy.TENANT.set(tenant)
             limit = self.max_body if path == "/v1/embed" else self.max_json
             length = _header(scope, b"content-length")
             if length is not None:
@@ -212,16 +228,24 @@ class EdgeSamMiddleware:
                 raise
             await error_response(exc)(scope, receive, send_wrapper)
         finally:
+            if tenant_token is not None:
+                tenancy.TENANT.reset(tenant_token)
             route = scope.get("route")
             name = getattr(route, "path", None) or "unmatched"
             self.service.metrics.request_latency.labels(
                 name, scope.get("method", ""), str(status_holder[0])
             ).observe(time.perf_counter() - start)
 
-    def _authorised(self, scope: Scope) -> bool:
-        return api_key_matches(
+    def _authorised(self, scope: Scope) -> Optional[bytes]:
+        """The configured key this request presented, or None."""
+        return matching_key(
             _header(scope, b"x-api-key"), _header(scope, b"authorization"), self.keys
         )
+
+
+def _client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"addr:{client[0]}" if client else "addr:unknown"
 
 
 def _header(scope: Scope, name: bytes) -> Optional[str]:

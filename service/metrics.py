@@ -1,7 +1,14 @@
 """Prometheus metrics, one registry per service instance (several may share a process)."""
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: N811
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 LATENCY_BUCKETS = (
     0.001,
@@ -69,6 +76,17 @@ class Metrics:
         self.redis_up = Gauge(
             "edgesam_redis_up", "1 while Redis answers, 0 while degraded", registry=r
         )
+        self.redis_breaker_opens = Counter(
+            "edgesam_redis_breaker_opens_total",
+            "Times the Redis circuit breaker opened (consecutive failures)",
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "edgesam_rate_limited_total",
+            "Requests refused by the per-key rate limit",
+            ["transport"],
+            registry=r,
+        )
         self.rejected = Counter(
             "edgesam_rejected_total",
             "Requests refused because a queue was full",
@@ -79,6 +97,9 @@ class Metrics:
             "edgesam_queue_depth", "Requests waiting or running", ["queue"], registry=r
         )
         self.ready = Gauge("edgesam_ready", "1 when ready to serve", registry=r)
+        # process_resident_memory_bytes and friends (Linux): memory per replica, for the
+        # dashboard and the memory alert (deploy/monitoring)
+        ProcessCollector(registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,6 +12,7 @@ from pycocotools import mask as mask_utils
 
 from engine.core import decode, encode_images
 from engine.loader import load_model
+from service.cache import serialize_mask
 from tests.integration.conftest import RunningService, png_bytes
 
 PNG = {"content-type": "image/png"}
@@ -157,21 +158,25 @@ def test_golden_masks_through_the_service(
     )
     assert refined.status_code == 200, refined.text
     best = int(np.argmax([m["score"] for m in answers["p2"]["masks"]]))
-    low_res = (
-        torch.from_numpy(_reference_low_res(backend, embedding, CALLS["p2"](golden))[best])
-        .half()
-        .float()
-    )
-    res = decode(
-        backend,
-        embedding,
-        point_coords=np.array(prompt["points"]),
-        point_labels=np.array(prompt["labels"]),
-        mask_input=low_res[None].numpy(),
-    )
-    want = res.masks()[0, 0].numpy()
+    exact = torch.from_numpy(_reference_low_res(backend, embedding, CALLS["p2"](golden))[best])
+    # what the cache keeps of a mask: quantised (service.cache.serialize_mask)
+    _, stored = serialize_mask(exact[None], {})
+
+    def refine(mask_input: torch.Tensor) -> np.ndarray:
+        res = decode(
+            backend,
+            embedding,
+            point_coords=np.array(prompt["points"]),
+            point_labels=np.array(prompt["labels"]),
+            mask_input=mask_input.reshape(1, 256, 256).numpy(),
+        )
+        return res.masks()[0, 0].numpy()
+
     got = _masks(refined.json())[0]
-    assert (got != want).sum() <= 60
+    assert (got != refine(stored)).sum() <= 60
+    # The stated tolerance against refining from the exact logits: case A's random-weight
+    # logits are noise-like, the worst case (docs/reliability.md), 244 pixels measured.
+    assert (got != refine(exact)).sum() <= 0.002 * got.size
     assert (got != _masks(answers["p1"])[0]).sum() > 0  # the mask input changed the answer
 
 

@@ -180,10 +180,13 @@ def test_errors_round_trip_through_status_and_trailers() -> None:
         assert code == status_code(exc) and details == "a sentence"
         meta = dict(trailing)
         assert meta["edgesam-error-code"] == exc.code
-        assert ("retry-after" in meta) == (code == grpc.StatusCode.UNAVAILABLE)
+        # retry-after: with UNAVAILABLE, and with a rate limit's RESOURCE_EXHAUSTED
+        waits = code == grpc.StatusCode.UNAVAILABLE or exc.kind == "rate_limited"
+        assert ("retry-after" in meta) == waits
         back = error_from_code(meta["edgesam-error-code"], details, 3)
         assert type(back).kind == exc.kind and back.retry_after == 3
     assert dict(trailers(errors.Overloaded("full")))["retry-after"] == "1"
+    assert "retry-after" not in dict(trailers(errors.PayloadTooLarge("big", retry_after=3)))
     hidden = status_of(KeyError("secret"))
     assert hidden[0] == grpc.StatusCode.INTERNAL and "secret" not in hidden[1]
     assert isinstance(error_from_code("no-such-code", "x"), errors.InternalError)

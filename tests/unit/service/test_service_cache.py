@@ -8,7 +8,15 @@ import redis
 import torch
 
 from engine.core import ImageEmbedding
-from service.cache import ByteLRU, CorruptEntry, Entry, TensorCache, deserialize, serialize
+from service.cache import (
+    MASK_STEPS,
+    ByteLRU,
+    CorruptEntry,
+    Entry,
+    TensorCache,
+    deserialize,
+    serialize,
+)
 from service.metrics import Metrics
 from tests.conftest import free_port
 
@@ -124,11 +132,13 @@ def test_mask_logits_roundtrip(redis_url: str, redis_prefix: str) -> None:
     async def run() -> None:
         a = _cache(Metrics(), redis_url, redis_prefix)
         b = _cache(Metrics(), redis_url, redis_prefix)
-        logits = torch.randn(256, 256)
+        logits = torch.randn(256, 256) * 8  # noise: the worst case for the mask codec
         await a.put_mask("m" * 32, "img", logits)
         got = await b.get_mask("m" * 32)
         assert got is not None
-        torch.testing.assert_close(got[0], logits.half().float().reshape(1, 256, 256))
+        # quantised (service.cache.serialize_mask): at most half of the coarsest step off
+        error = (got[0] - logits.reshape(1, 256, 256)).abs().max().item()
+        assert error <= max(MASK_STEPS) / 2
         assert got[1] == "img"
         await a.close()
         await b.close()
@@ -139,7 +149,13 @@ def test_mask_logits_roundtrip(redis_url: str, redis_prefix: str) -> None:
 def test_unreachable_redis_degrades_without_failing() -> None:
     async def run() -> None:
         metrics = Metrics()
-        cache = _cache(metrics, f"redis://127.0.0.1:{free_port()}/0", "x:", retry_seconds=60)
+        cache = _cache(
+            metrics,
+            f"redis://127.0.0.1:{free_port()}/0",
+            "x:",
+            retry_seconds=60,
+            breaker_failures=1,  # test_redis_breaker.py covers several
+        )
         emb = _emb()
         await cache.put_embedding("img", emb)  # goes to the LRU; Redis error counted
         got = await cache.get_embedding("img")

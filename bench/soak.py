@@ -1,0 +1,319 @@
+"""Load and soak harness (first version): simulated annotators against N service replicas
+sharing one throwaway Redis with a `maxmemory`, loopback only, bounded in time.
+
+Each annotator embeds its own image on a random replica, clicks on it with a refinement
+chain (every click after the first sends the previous answer's mask_input_id), idles
+between clicks, then moves to its next image. An answer `embedding_not_found` counts as "the
+embedding was gone" (the annotator re-embeds, as a client would).
+
+    .venv/bin/python bench/soak.py [--replicas 2] [--users 8] [--seconds 60]
+        [--clicks 5] [--think 0.5] [--maxmemory 256mb] [--fake] [--checkpoint PATH]
+
+--fake runs the deterministic fake backend (tests.integration.fake_server): the harness's
+own overhead and Redis behaviour, no model compute. Prints throughput, p50/p99 per
+operation, answers by code, each replica's RSS over time, Redis memory, evictions and the
+bytes of a refinement mask, the Redis breaker's openings and "redis unavailable" log lines.
+Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench._common import checkpoint, free_port, load_image, pct  # noqa: E402
+from bench.memory import rss_kib  # noqa: E402
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.latency: dict[str, list[float]] = defaultdict(list)
+        self.codes: Counter[str] = Counter()
+        self.gone = 0
+
+    def record(self, op: str, took: float, code: str) -> None:
+        self.latency[op].append(took)
+        self.codes[f"{op} {code}"] += 1
+
+
+def jpeg(image: np.ndarray, seed: int) -> bytes:
+    variant = image.copy()
+    variant[:8, :8] = (seed * 37) % 256, (seed * 91) % 256, (seed * 53) % 256
+    buf = io.BytesIO()
+    Image.fromarray(variant).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def start_redis(maxmemory: str) -> tuple[subprocess.Popen, int]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit("redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory",
+            maxmemory,
+            "--maxmemory-policy",
+            "allkeys-lru",
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, port
+
+
+def start_replica(args: argparse.Namespace, redis_port: int, log_dir: str) -> tuple:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("EDGESAM_")},
+        "EDGESAM_HTTP_HOST": "127.0.0.1",
+        "EDGESAM_HTTP_PORT": str(port),
+        "EDGESAM_GRPC_PORT": "0",
+        "EDGESAM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "EDGESAM_DRAIN_SECONDS": "0",
+        "EDGESAM_LOG_LEVEL": "warning",
+    }
+    module = "tests.integration.fake_server" if args.fake else "service"
+    if not args.fake:
+        ckpt = checkpoint(args.checkpoint)
+        if ckpt:
+            env["EDGESAM_CHECKPOINT"] = str(ckpt)
+        else:
+            env["EDGESAM_ALLOW_RANDOM_WEIGHTS"] = "1"
+    log_path = os.path.join(log_dir, f"replica-{port}.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module], cwd=REPO, env=env, stdout=log, stderr=log
+        )
+    return proc, f"http://127.0.0.1:{port}", log_path
+
+
+async def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2) as c:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"replica {url} exited")
+            try:
+                if (await c.get(f"{url}/readyz")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    raise SystemExit(f"replica {url} did not become ready")
+
+
+async def annotator(
+    uid: int,
+    urls: list[str],
+    image: np.ndarray,
+    args: argparse.Namespace,
+    stats: Stats,
+    until: float,
+) -> None:
+    rng = random.Random(uid)
+    h, w = image.shape[:2]
+    async with httpx.AsyncClient(timeout=120) as c:
+        n = 0
+        while time.monotonic() < until:
+            data = jpeg(image, uid * 100_000 + n)
+            n += 1
+            image_id = await embed(c, rng.choice(urls), data, stats)
+            if image_id is None:
+                continue
+            mask_id = None
+            points: list[list[float]] = []
+            labels: list[int] = []
+            for _ in range(args.clicks):
+                if time.monotonic() >= until:
+                    return
+                await asyncio.sleep(rng.expovariate(1 / args.think))
+                points.append([rng.uniform(0, w - 1), rng.uniform(0, h - 1)])
+                labels.append(1 if rng.random() < 0.8 else 0)
+                body: dict = {"image_id": image_id, "points": points, "labels": labels}
+                if mask_id is not None:
+                    body["mask_input_id"] = mask_id
+                t0 = time.perf_counter()
+                try:
+                    r = await c.post(f"{rng.choice(urls)}/v1/segment", json=body)
+                except httpx.HTTPError as exc:
+                    stats.record("segment", time.perf_counter() - t0, type(exc).__name__)
+                    continue
+                code = str(r.status_code)
+                if r.status_code != 200:
+                    code += f" {r.json().get('code', '')}"
+                stats.record("segment", time.perf_counter() - t0, code)
+                if r.status_code == 200:
+                    mask_id = r.json().get("mask_input_id")
+                elif r.json().get("code") == "embedding_not_found":
+                    stats.gone += 1
+                    await embed(c, rng.choice(urls), data, stats)
+                    mask_id = None
+                elif r.json().get("code") == "mask_input_not_found":
+                    mask_id = None
+
+
+async def embed(c: httpx.AsyncClient, url: str, data: bytes, stats: Stats) -> str | None:
+    for _ in range(5):
+        t0 = time.perf_counter()
+        try:
+            r = await c.post(
+                f"{url}/v1/embed", content=data, headers={"content-type": "image/jpeg"}
+            )
+        except httpx.HTTPError as exc:
+            stats.record("embed", time.perf_counter() - t0, type(exc).__name__)
+            return None
+        code = str(r.status_code) + ("" if r.status_code == 200 else f" {r.json().get('code')}")
+        stats.record("embed", time.perf_counter() - t0, code)
+        if r.status_code == 200:
+            return str(r.json()["image_id"])
+        await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+    return None
+
+
+async def sample_rss(procs: list, series: dict[int, list[tuple[float, int]]], t0: float) -> None:
+    while True:
+        for proc, _, _ in procs:
+            try:
+                series[proc.pid].append((time.monotonic() - t0, rss_kib(proc.pid)[0]))
+            except OSError:
+                pass
+        await asyncio.sleep(2.0)
+
+
+def redis_figures(port: int) -> dict[str, object]:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    try:
+        info = client.info()
+        masks = [client.memory_usage(k) for k in client.scan_iter(match="*mask:*", count=1000)]
+        embs = [client.memory_usage(k) for k in client.scan_iter(match="*emb:*", count=1000)]
+        masks = [m for m in masks if m]
+        embs = [e for e in embs if e]
+        return {
+            "used_memory_mb": info["used_memory"] / 2**20,
+            "evicted_keys": info["evicted_keys"],
+            "masks": len(masks),
+            "mask_bytes_max": max(masks or [0]),
+            "mask_bytes_mean": sum(masks) / max(len(masks), 1),
+            "embeddings": len(embs),
+            "embedding_bytes_mean": sum(embs) / max(len(embs), 1),
+        }
+    finally:
+        client.close()
+
+
+def breaker_opens(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    m = re.search(r"^edgesam_redis_breaker_opens_total (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    image = load_image()
+    redis_proc, redis_port = start_redis(args.maxmemory)
+    procs: list = []
+    with tempfile.TemporaryDirectory() as log_dir:
+        try:
+            procs = [start_replica(args, redis_port, log_dir) for _ in range(args.replicas)]
+            await asyncio.gather(*(wait_ready(url, proc) for proc, url, _ in procs))
+            urls = [url for _, url, _ in procs]
+            stats = Stats()
+            series: dict[int, list[tuple[float, int]]] = defaultdict(list)
+            t0 = time.monotonic()
+            sampler = asyncio.ensure_future(sample_rss(procs, series, t0))
+            until = t0 + args.seconds
+            await asyncio.gather(
+                *(annotator(u, urls, image, args, stats, until) for u in range(args.users))
+            )
+            wall = time.monotonic() - t0
+            sampler.cancel()
+            report(args, stats, wall, series, procs, redis_port)
+        finally:
+            for proc, _, _ in procs:
+                proc.terminate()
+            for proc, _, _ in procs:
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            redis_proc.terminate()
+            redis_proc.wait(10)
+    return 0
+
+
+def report(args, stats, wall, series, procs, redis_port) -> None:  # type: ignore[no-untyped-def]
+    mode = "fake backend" if args.fake else f"weights {checkpoint(args.checkpoint) or 'random'}"
+    print(
+        f"{args.replicas} replicas ({mode}), {args.users} annotators, {wall:.0f} s, "
+        f"{args.clicks} clicks per image, think {args.think} s, Redis maxmemory {args.maxmemory}"
+    )
+    for op, lat in sorted(stats.latency.items()):
+        print(
+            f"  {op:<8} {len(lat):6d} requests {len(lat) / wall:7.1f}/s  "
+            f"p50 {pct(lat, 50):8.1f} ms  p99 {pct(lat, 99):8.1f} ms"
+        )
+    print("  answers: " + ", ".join(f"{k}: {v}" for k, v in sorted(stats.codes.items())))
+    print(f"  embeddings found gone (re-embedded): {stats.gone}")
+    for proc, url, log_path in procs:
+        points = series.get(proc.pid, [])
+        after = [kib for t, kib in points if t >= min(30.0, wall / 3)]
+        flat = (max(after) - min(after)) / max(min(after), 1) * 100 if after else 0.0
+        line = " ".join(
+            f"{t:.0f}s:{kib / 1024:.0f}" for t, kib in points[:: max(len(points) // 8, 1)]
+        )
+        unavailable = Path(log_path).read_text(errors="replace").count("redis unavailable")
+        print(
+            f"  replica {url}: RSS MB over time {line}; after warm-up spread {flat:.1f}%; "
+            f"breaker opened {breaker_opens(url):.0f}x; 'redis unavailable' lines {unavailable}"
+        )
+    figures = redis_figures(redis_port)
+    print("  redis: " + ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}"
+                                   for k, v in figures.items()))  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--users", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=60, help="bounded: at most 3600")
+    ap.add_argument("--clicks", type=int, default=5, help="clicks per image (a refinement chain)")
+    ap.add_argument("--think", type=float, default=0.5, help="mean idle seconds between clicks")
+    ap.add_argument("--maxmemory", default="256mb")
+    ap.add_argument("--fake", action="store_true", help="the fake backend (no model compute)")
+    ap.add_argument("--checkpoint", default=None)
+    args = ap.parse_args()
+    args.seconds = min(args.seconds, 3600)
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
