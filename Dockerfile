@@ -26,6 +26,8 @@ ARG L4T_RUNTIME_BASE=${L4T_BASE}
 
 # --------------------------------------------------------------------------------------------
 # Build stages: each produces /opt/venv with the service installed and nothing else.
+# edgesam-client (the gRPC stubs and the client, a dependency of the service) is installed
+# from the checkout beside the service, never looked up on PyPI.
 # --------------------------------------------------------------------------------------------
 FROM ${PYTHON_BASE} AS build-python
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -44,13 +46,13 @@ FROM build-python AS build-cpu
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
-    && python deploy/docker/requirements.py pyproject.toml --exclude torch > /tmp/requirements.txt \
+    && python deploy/docker/requirements.py pyproject.toml --exclude torch \
+       --exclude edgesam-client > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 COPY engine ./engine
 COPY service ./service
-COPY client ./client
-COPY proto ./proto
-RUN pip install --no-deps .
+COPY clients/python ./clients/python
+RUN pip install --no-deps ./clients/python .
 
 FROM build-python AS build-cuda
 ARG TORCH_VERSION=2.13.0
@@ -58,13 +60,12 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
     && python deploy/docker/requirements.py pyproject.toml --extra tensorrt --exclude torch \
-       > /tmp/requirements.txt \
+       --exclude edgesam-client > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 COPY engine ./engine
 COPY service ./service
-COPY client ./client
-COPY proto ./proto
-RUN pip install --no-deps .
+COPY clients/python ./clients/python
+RUN pip install --no-deps ./clients/python .
 
 FROM ${L4T_BASE} AS build-jetson
 ARG JETSON_TORCH_WHEEL=""
@@ -98,13 +99,20 @@ RUN test -n "${JETSON_TORCH_WHEEL}" \
 RUN python -c "import tensorrt; print('tensorrt', tensorrt.__version__)" \
     && pip install "tomli==2.2.1" \
     && python deploy/docker/requirements.py pyproject.toml --exclude torch --exclude tensorrt \
-       > /tmp/requirements.txt \
+       --exclude edgesam-client > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 COPY engine ./engine
 COPY service ./service
-COPY client ./client
-COPY proto ./proto
-RUN pip install --no-deps .
+COPY clients/python ./clients/python
+RUN pip install --no-deps ./clients/python .
+
+# The web page's onnxruntime-web (decoding clicks in the browser), pinned by
+# service/webdeps/package-lock.json; served by the service from EDGESAM_WEB_ORT_DIR (no CDN).
+# --ignore-scripts: the only install script (protobufjs's) is not needed at run time.
+FROM node:20.18.1-bookworm-slim AS web-deps
+WORKDIR /web
+COPY service/webdeps/package.json service/webdeps/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
 
 # --------------------------------------------------------------------------------------------
 # Runtime stages: the base, the venv, a non-root user. No compilers, no weights.
@@ -135,6 +143,7 @@ RUN groupadd --system --gid "${APP_UID}" edgesam \
     && mkdir -p /models /var/cache/edgesam/engines /opt/edgesam/bin \
     && chown -R edgesam:edgesam /var/cache/edgesam
 COPY --chown=root:root deploy/docker/healthcheck.py /opt/edgesam/healthcheck.py
+COPY --from=web-deps --chown=root:root /web/node_modules/onnxruntime-web/dist /opt/edgesam/ort-web
 COPY --chown=root:root bench /opt/edgesam/bench
 COPY --chown=root:root --chmod=0755 deploy/jetson/build-engine.sh /opt/edgesam/bin/build-engine.sh
 ENV PATH=/opt/venv/bin:$PATH \
@@ -147,6 +156,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     EDGESAM_ROLE=all \
     EDGESAM_CHECKPOINT=/models/edge_sam_3x.pth \
     EDGESAM_ENGINE_CACHE_DIR=/var/cache/edgesam/engines \
+    EDGESAM_WEB_ORT_DIR=/opt/edgesam/ort-web \
     EDGESAM_DRAIN_SECONDS=20
 WORKDIR /opt/edgesam
 USER ${APP_UID}:${APP_UID}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
@@ -10,7 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from engine.modeling import EdgeSam
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +38,6 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return dict(load_file(str(path), device="cpu"))
         except (SafetensorError, OSError, ValueError) as exc:
@@ -95,10 +97,6 @@ def convert_to_safetensors(
     src: str | os.PathLike[str], dst: str | os.PathLike[str], half: bool = False
 ) -> Path:
     """Write an official .pth as .safetensors (checked against the model layout first)."""
-    from safetensors.torch import save_file
-
-    from engine.modeling import EdgeSam
-
     state = read_state_dict(src)
     load_into(EdgeSam(), state, str(src))  # validates keys and shapes
     out = {}
@@ -112,3 +110,15 @@ def convert_to_safetensors(
     dst = Path(dst)
     save_file(out, str(dst))
     return dst
+
+
+def weights_fingerprint(model: torch.nn.Module, extra: str = "") -> str:
+    """sha256 over the state dict (names, shapes, fp32 bytes) plus `extra`, first 16 hex."""
+    digest = hashlib.sha256(extra.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        value = tensor.detach().cpu()
+        value = value.float() if value.is_floating_point() else value
+        digest.update(value.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -11,13 +11,15 @@ replica can decode any cached embedding.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from engine.backends.base import Backend, UnsupportedPrompt
 from engine.modeling.mask_decoder import mask_slice
+from engine.modeling.prompt_encoder import LABEL_FOREGROUND, LABEL_PADDING, merge_prompts
+from engine.priors import encode_with_priors, prior_boxes_for_points
 from engine.transforms import (
     apply_boxes,
     apply_coords,
@@ -55,7 +57,6 @@ class DecodeResult:
     stability_scores: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
-    _logits_cache: dict = field(default_factory=dict, repr=False)
 
     def logits(self, index: tuple[int, int] | None = None) -> torch.Tensor:
         """Upscaled logits at the original size: all (BxCxHxW) or one (b, c) -> HxW."""
@@ -65,11 +66,6 @@ class DecodeResult:
     def masks(self, index: tuple[int, int] | None = None) -> torch.Tensor:
         """Boolean masks at the original size (logits > 0)."""
         return self.logits(index) > MASK_THRESHOLD
-
-    def best_index(self, by: str = "iou") -> torch.Tensor:
-        """Per prompt, the index of the best candidate by predicted IoU or stability."""
-        scores = self.iou_predictions if by == "iou" else self.stability_scores
-        return scores.argmax(dim=1)
 
 
 def encode_images(backend: Backend, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
@@ -93,8 +89,6 @@ def encode_image_with_priors(
 ) -> ImageEmbedding:
     """Embedding plus granularity-prior proposals (EdgeSAM's optional box head on the
     encoder's multi-scale features); needs the PyTorch backend (`backend.model`)."""
-    from engine.distill.priors import encode_with_priors
-
     model = getattr(backend, "model", None)
     if model is None:
         raise UnsupportedPrompt("granularity priors need the PyTorch backend")
@@ -112,8 +106,6 @@ def prior_box(image: ImageEmbedding, point_1024: torch.Tensor) -> torch.Tensor |
     the best-scoring of the nearest proposals that contain it; None without one."""
     if image.proposals is None or image.proposals.numel() == 0:
         return None
-    from engine.distill.priors import prior_boxes_for_points
-
     boxes, scores = image.proposals[:, :4], image.proposals[:, 4]
     box, found = prior_boxes_for_points(boxes, scores, point_1024.reshape(1, 2).float())
     return box[:1].float() if bool(found[0]) else None
@@ -124,8 +116,6 @@ def with_prior_box(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For a point-only prompt (1xNx2 with its padding point, 1xN), add the prior box of its
     first foreground point as box corners, as the EdgeSAM paper does; else unchanged."""
-    from engine.modeling.prompt_encoder import LABEL_FOREGROUND, LABEL_PADDING, merge_prompts
-
     if coords_1024.shape[0] != 1 or bool((labels >= 2).any()):
         return coords_1024, labels
     foreground = (labels[0] == LABEL_FOREGROUND).nonzero()
@@ -150,8 +140,6 @@ def prompts_to_points(
     Points come first, then box corners (labels 2, 3); a point-only prompt gets the padding
     point (0, 0) with label -1, as SAM's prompt encoder adds.
     """
-    from engine.modeling.prompt_encoder import merge_prompts
-
     points = None
     if point_coords is not None:
         coords = np.asarray(point_coords, dtype=np.float64).reshape(-1, 2)

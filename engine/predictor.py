@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from engine.backends.base import Backend
+from engine.backends.torch_backend import TorchBackend
 from engine.core import (
     MASK_THRESHOLD,
     ImageEmbedding,
@@ -30,6 +31,7 @@ from engine.core import (
 )
 from engine.modeling import EdgeSam
 from engine.modeling.prompt_encoder import merge_prompts
+from engine.priors import GranularityPriors, load_priors
 from engine.transforms import IMAGE_SIZE, ResizeLongestSide, upscale_logits
 
 
@@ -38,8 +40,6 @@ def as_backend(model: EdgeSam | Backend) -> Backend:
     if isinstance(model, Backend):
         return model
     if isinstance(model, EdgeSam):
-        from engine.backends.torch_backend import TorchBackend
-
         device = str(model.device)
         return TorchBackend(model, device=device)
     raise TypeError(f"expected an EdgeSam module or an engine Backend, got {type(model)!r}")
@@ -109,7 +109,7 @@ class EdgeSamPredictor:
         self, sam_model: EdgeSam | Backend, priors: str | os.PathLike[str] | None = None
     ) -> None:
         """`priors`: a checkpoint holding EdgeSAM's optional granularity-priors head
-        (`fpn.*`/`rpn_head.*`, see engine.distill.priors), or the loaded module. With it, a
+        (`fpn.*`/`rpn_head.*`, see engine.priors), or the loaded module. With it, a
         point-only prompt also gets the best-scoring proposal that contains its first
         foreground point as a box prompt, as the paper describes (`use_priors=False` in
         `predict` turns that off per call). Needs the PyTorch backend."""
@@ -118,8 +118,6 @@ class EdgeSamPredictor:
         self.mask_threshold = MASK_THRESHOLD
         self.priors = None
         if priors is not None:
-            from engine.distill.priors import GranularityPriors, load_priors
-
             if getattr(self.model, "model", None) is None:
                 raise ValueError("granularity priors need the PyTorch backend")
             self.priors = priors if isinstance(priors, GranularityPriors) else load_priors(priors)

@@ -25,6 +25,9 @@ import triton
 import triton.language as tl
 from torch import nn
 
+from engine.fusion import InplaceGELU, InplaceResidual, InplaceSqueezeExcite
+from engine.modeling.image_encoder import RepViTBlock
+
 if int(triton.__version__.split(".")[0]) < 3:  # tl.dot(input_precision=), the CPU interpreter
     raise ImportError(f"the Triton kernels need Triton >= 3.0; this is {triton.__version__}")
 
@@ -359,8 +362,6 @@ class TritonRepViTBlock(nn.Module):
 
 
 def _fused_mixer_convs(module: nn.Module) -> Optional[tuple[nn.Conv2d, nn.Conv2d]]:
-    from engine.fusion import InplaceGELU, InplaceResidual
-
     if not isinstance(module, InplaceResidual) or not isinstance(module.m, nn.Sequential):
         return None
     parts = list(module.m)
@@ -397,9 +398,6 @@ def use_triton_channel_mixers(
     (`fuse_encoder`'s output) with at most `max_channels` channels for the Triton kernel; with
     `whole_blocks`, stride-1 blocks bring their token mixer into it too. Returns the counts:
     mixers swapped, blocks whose depthwise conv went in, blocks whose squeeze-excite gate did."""
-    from engine.fusion import InplaceSqueezeExcite
-    from engine.modeling.image_encoder import RepViTBlock
-
     counts = {"mixers": 0, "with_depthwise": 0, "with_gate": 0}
     features = fused_encoder.features
     for idx, block in enumerate(features):

@@ -1,5 +1,9 @@
-"""`python -m service`: start the service (HTTP now; extra servers such as gRPC plug into
-`serve(..., extra_servers=[...])`).
+"""`python -m service`: start the service: HTTP, and gRPC beside it when EDGESAM_GRPC_PORT is
+non-zero (`extra_servers`).
+
+The configuration is read and checked before anything heavy is imported: the transports, the
+core and the engine (torch) are imported inside `serve`, so a bad setting fails in well under
+a second with its message.
 
 SIGTERM/SIGINT: readiness goes false at once, requests are still served for
 EDGESAM_DRAIN_SECONDS (so load balancers stop sending), then the servers stop. A second
@@ -42,18 +46,13 @@ def _server_class() -> type:
 
 
 def extra_servers(settings: Settings) -> list[ExtraServer]:
-    """Servers started beside HTTP in the same process. The gRPC transport adds itself here
-    (service.grpc_server.serve_grpc) once it exists and EDGESAM_GRPC_PORT is non-zero."""
-    servers: list[ExtraServer] = []
-    if settings.grpc_port:
-        try:
-            from service import grpc_server  # type: ignore[attr-defined]
-        except ImportError:
-            grpc_server = None
-        serve_grpc = getattr(grpc_server, "serve_grpc", None)
-        if serve_grpc is not None:
-            servers.append(lambda svc: serve_grpc(svc, settings))
-    return servers
+    """Servers started beside HTTP in the same process: gRPC (service.grpc_server) when
+    EDGESAM_GRPC_PORT is non-zero."""
+    if not settings.grpc_port:
+        return []
+    from service.grpc_server import serve_grpc
+
+    return [lambda svc: serve_grpc(svc, settings)]
 
 
 def create_app(*args: Any, **kwargs: Any) -> Any:

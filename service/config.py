@@ -47,8 +47,8 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     engine_cache_dir: Path = Field(default_factory=lambda: default_cache_root() / "engines")
     torch_threads: Optional[int] = Field(None, ge=1, le=256)
-    # PyTorch on CUDA: torch.compile (1.7x the eager fp16 encoder on an H100; each batch
-    # bucket compiles at start-up, 13-25 s each) and the Triton RepViT kernel (unmeasured).
+    # PyTorch on CUDA: torch.compile (each batch bucket compiles at start-up; speed-up and
+    # compile times in docs/performance.md) and the Triton RepViT kernel (speed unmeasured).
     torch_compile: bool = False
     torch_triton_mixer: bool = False
     priors_checkpoint: Optional[Path] = Field(
@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(50051, ge=0, le=65535)  # 0: no gRPC server
     api_keys: Annotated[List[SecretStr], NoDecode] = Field(default_factory=list)
+    # onnxruntime-web's dist/ folder, served at /static/ort/ for the page's in-browser
+    # decoding; unset: service/webdeps/node_modules/onnxruntime-web/dist (`npm ci` there)
+    web_ort_dir: Optional[Path] = None
+    # Origins whose pages may call the API from a browser (comma list; `*` any); empty: none
+    cors_origins: Annotated[List[str], NoDecode] = Field(default_factory=list)
     drain_seconds: float = Field(20.0, ge=0, le=600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -107,6 +112,24 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: List[str]) -> List[str]:
+        for origin in value:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"{origin!r} is not an origin: give scheme://host[:port] (or *), "
+                    "comma separated"
+                )
+        return value
+
     @field_validator("api_keys")
     @classmethod
     def _check_keys(cls, value: List[SecretStr]) -> List[SecretStr]:
@@ -115,7 +138,7 @@ class Settings(BaseSettings):
                 raise ValueError("every API key must be at least 8 characters long")
         return value
 
-    @field_validator("redis_url", "encoder_grpc_target", "checkpoint", mode="before")
+    @field_validator("redis_url", "encoder_grpc_target", "checkpoint", "web_ort_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -161,29 +184,35 @@ class Settings(BaseSettings):
             return self.cache_dtype
         return "float32" if encoder_precision == "fp32" else "float16"
 
-    def runtime(self) -> Tuple[str, str]:
-        """(backend, device) with `auto` resolved on this machine: the device is CUDA when
-        PyTorch sees a GPU; the backend is `engine.backends.select`'s choice for that device,
-        or PyTorch when an option only PyTorch has is on (granularity priors, which run on the
-        PyTorch model; torch.compile; the Triton kernel)."""
-        device = self.device
-        if device == "auto":
-            import torch
+    @property
+    def needs_torch(self) -> bool:
+        """An option only the PyTorch model has is on (granularity priors, which run on the
+        PyTorch model; torch.compile; the Triton kernel): `auto` means PyTorch."""
+        return bool(
+            self.priors_checkpoint is not None or self.torch_compile or self.torch_triton_mixer
+        )
 
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            if device == "cpu" and self.precision != "fp32":
-                raise ValueError(
-                    f"EDGESAM_PRECISION={self.precision} needs a GPU; EDGESAM_DEVICE=auto found none"
-                )
-        backend = self.backend
-        if backend == "auto":
-            from engine.backends.select import auto_backend_name
+    def resolved_device(self) -> str:
+        """EDGESAM_DEVICE with `auto` resolved: CUDA when PyTorch sees a GPU, else the CPU."""
+        if self.device != "auto":
+            return self.device
+        # imported here, not at the top: settings are read and checked before torch loads
+        import torch
 
-            wants_torch = (
-                self.priors_checkpoint is not None or self.torch_compile or self.torch_triton_mixer
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu" and self.precision != "fp32":
+            raise ValueError(
+                f"EDGESAM_PRECISION={self.precision} needs a GPU; EDGESAM_DEVICE=auto found none"
             )
-            backend = "torch" if wants_torch else auto_backend_name(device)
-        return backend, device
+        return device
+
+    def runtime(self) -> Tuple[str, str]:
+        """(backend, device) with `auto` resolved on this machine, as `service.backend` loads
+        them: the backend is `engine.backends.registry`'s choice for the device."""
+        from engine.backends.registry import resolve_backend_name  # torch: see resolved_device
+
+        device = self.resolved_device()
+        return resolve_backend_name(self.backend, device, needs_torch=self.needs_torch), device
 
     def api_key_values(self) -> List[bytes]:
         return [k.get_secret_value().encode() for k in self.api_keys]

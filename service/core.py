@@ -1,9 +1,13 @@
-"""The service core: embed, segment, everything, exists/delete, readiness.
+"""The service core: SegmentationService's life cycle (load, warm up, open the cache, drain)
+and its operations (embed, segment, everything, exists/delete, readiness).
 
-Transports (HTTP now, gRPC later) call these methods with schema objects and map
-`service.errors.ServiceError` through the one error table; nothing here knows about either.
+Transports (service.http_app, service.grpc_server) call these methods with schema objects and
+map `service.errors.ServiceError` through the one error table; nothing here knows about
+either. The pieces it is built from live beside it: service.executor (bounded thread pools),
+service.encoders (where embeddings are computed), service.prompts (prompt validation),
+service.backend (settings to a loaded backend, through engine.backends.registry).
 
-    svc = SegmentationService(settings)         # or backend=FakeBackend() in tests
+    svc = SegmentationService(settings)         # or backend=<any engine Backend> in tests
     await svc.start()                           # loads weights (in a thread), warms up
     res = await svc.embed(png_bytes, "image/png")
     out = await svc.segment(SegmentRequest(image_id=res.image_id, points=[[x, y]], labels=[1]))
@@ -16,252 +20,63 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
 
+from engine.amg import EdgeSamAutomaticMaskGenerator
 from engine.backends.base import Backend, BackendError, UnsupportedPrompt
 from engine.core import (
     ImageEmbedding,
     decode_points,
-    encode_image_with_priors,
     prompts_to_points,
     with_prior_box,
 )
-from engine.transforms import image_to_pixels
+from engine.priors import load_priors
 from service import codecs
+from service.backend import load_backend
 from service.cache import TensorCache
-from service.compat import shutdown_now, to_thread
+from service.compat import to_thread
 from service.config import GET_WEIGHTS_HINT, Settings
+from service.encoders import EmbedForwarder, Encoder, LocalEncoder
 from service.errors import (
     BackendFailure,
     EmbeddingNotFound,
     EncoderUnavailable,
-    FeatureUnavailable,
-    InvalidPrompt,
     MaskInputNotFound,
     NotReady,
-    Overloaded,
     ServiceError,
     UnsupportedPromptError,
 )
+from service.executor import BoundedExecutor
+from service.local_decode import (
+    DECODER_VARIANTS,
+    EMBEDDING_SHAPE,
+    DecoderExports,
+    DecoderFile,
+    EmbeddingFile,
+    check_variant,
+    embedding_file,
+    export_source,
+)
 from service.metrics import Metrics
+from service.prompts import validate_prompts
 from service.schemas import (
     ComponentStatus,
+    EmbeddingSpec,
     EmbedResult,
     EverythingMask,
     EverythingRequest,
     EverythingResult,
     MaskItem,
+    ModelInfo,
+    ModelList,
     Readiness,
     SegmentRequest,
     SegmentResult,
 )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-class BoundedExecutor:
-    """A thread pool that refuses work at once (Overloaded) when `max_pending` jobs are
-    already waiting or running, instead of queueing without bound."""
-
-    def __init__(
-        self, name: str, workers: int, max_pending: int, metrics: Metrics, retry_after: int
-    ) -> None:
-        self.name = name
-        self.max_pending = max_pending
-        self.retry_after = retry_after
-        self._metrics = metrics
-        self._pending = 0
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"edgesam-{name}")
-
-    @property
-    def pending(self) -> int:
-        return self._pending
-
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
-        if self._pending >= self.max_pending:
-            self._metrics.rejected.labels(self.name).inc()
-            raise Overloaded(
-                f"the {self.name} queue is full ({self.max_pending}); retry shortly",
-                retry_after=self.retry_after,
-            )
-        self._pending += 1
-        self._metrics.queue_depth.labels(self.name).set(self._pending)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        finally:
-            self._pending -= 1
-            self._metrics.queue_depth.labels(self.name).set(self._pending)
-
-    def shutdown(self) -> None:
-        shutdown_now(self._pool)
-
-
-class Encoder(Protocol):
-    """Computes one image's embedding: locally (LocalEncoder) or on a remote encoder."""
-
-    async def encode(self, image: np.ndarray) -> ImageEmbedding: ...
-
-    async def close(self) -> None: ...
-
-
-class EmbedForwarder(Protocol):
-    """Answers embeds elsewhere (a decoder-role replica forwards the image bytes to the
-    encoder pool, which stores the embedding in the shared cache): service.roles."""
-
-    async def embed(self, data: bytes, content_type: str | None) -> EmbedResult: ...
-
-    async def close(self) -> None: ...
-
-
-class LocalEncoder:
-    """Runs the backend's encoder here: through engine.batching.EncoderBatcher when that
-    module exists, otherwise one image per call on a bounded thread pool."""
-
-    def __init__(
-        self,
-        backend: Backend,
-        settings: Settings,
-        metrics: Metrics,
-        priors: torch.nn.Module | None = None,
-    ) -> None:
-        self.backend = backend
-        self.metrics = metrics
-        self.priors = priors
-        self._prep = BoundedExecutor(
-            "preprocess", 2, settings.encode_max_queue, metrics, settings.retry_after_seconds
-        )
-        self._retry_after = settings.retry_after_seconds
-        self._batcher = None
-        self._seen_batches: dict[int, int] = {}
-        self._batcher_overloaded: type[BaseException] = Overloaded
-        try:
-            from engine import batching  # written beside this module; optional until merged
-        except ImportError:
-            batching = None
-        # With priors the encoder's stage maps are needed too: one image per call, unbatched.
-        if priors is None and batching is not None and hasattr(batching, "EncoderBatcher"):
-            self._batcher = batching.EncoderBatcher(
-                backend,
-                max_batch=min(settings.encode_max_batch, backend.info.max_batch),
-                max_wait_ms=settings.encode_max_wait_ms,
-                max_queue=settings.encode_max_queue,
-            )
-            self._batcher_overloaded = getattr(batching, "Overloaded", Overloaded)
-        self._exec = BoundedExecutor(
-            "encode",
-            settings.encode_workers,
-            settings.encode_max_queue,
-            metrics,
-            settings.retry_after_seconds,
-        )
-
-    async def encode(self, image: np.ndarray) -> ImageEmbedding:
-        original = (int(image.shape[0]), int(image.shape[1]))
-        if self._batcher is not None:
-            pixels, input_size = await self._prep.run(image_to_pixels, image)
-            start = time.perf_counter()
-            try:
-                emb = await self._batcher.encode(pixels, input_size)
-            except self._batcher_overloaded as exc:
-                self.metrics.rejected.labels("encode").inc()
-                raise Overloaded(
-                    "the encoder queue is full; retry shortly", retry_after=self._retry_after
-                ) from exc
-            self.metrics.encoder_latency.observe(time.perf_counter() - start)
-            return ImageEmbedding(emb.float().reshape(1, 256, 64, 64), original, input_size)
-        return await self._exec.run(self._encode_sync, image)
-
-    def _encode_sync(self, image: np.ndarray) -> ImageEmbedding:
-        if self.priors is not None:
-            start = time.perf_counter()
-            emb = encode_image_with_priors(self.backend, self.priors, image)
-            self.metrics.encoder_latency.observe(time.perf_counter() - start)
-            self.metrics.encoder_batch_size.observe(1)
-            return emb
-        pixels, input_size = image_to_pixels(image)
-        start = time.perf_counter()
-        emb = self.backend.encode_pixels(pixels, [input_size])
-        self.metrics.encoder_latency.observe(time.perf_counter() - start)
-        self.metrics.encoder_batch_size.observe(1)
-        return ImageEmbedding(
-            emb[:1].float(), (int(image.shape[0]), int(image.shape[1])), input_size
-        )
-
-    def sync_metrics(self) -> None:
-        """Bring the batch-size histogram up to date with the batcher's own counts."""
-        stats = getattr(self._batcher, "stats", None)
-        if stats is None:
-            return
-        for size, count in stats().batch_sizes.items():
-            for _ in range(count - self._seen_batches.get(size, 0)):
-                self.metrics.encoder_batch_size.observe(size)
-            self._seen_batches[size] = count
-
-    async def close(self) -> None:
-        if self._batcher is not None:
-            await to_thread(self._batcher.close)
-        self._exec.shutdown()
-        self._prep.shutdown()
-
-
-def validate_prompts(
-    req: SegmentRequest, original_size: tuple[int, int], max_points: int, max_boxes: int
-) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """(points Nx2, labels N, boxes Bx4) in original pixels, or InvalidPrompt naming the
-    problem. Coordinates must be finite and inside [0, width] x [0, height]."""
-    h, w = original_size
-    if req.box is not None and req.boxes is not None:
-        raise InvalidPrompt("give either box or boxes, not both")
-    if req.points is None and req.box is None and req.boxes is None:
-        raise InvalidPrompt("give at least one prompt: points (with labels), box or boxes")
-    points = labels = boxes = None
-    if req.points is not None or req.labels is not None:
-        if req.points is None or req.labels is None:
-            raise InvalidPrompt("points and labels go together: one label per point")
-        if len(req.points) != len(req.labels):
-            raise InvalidPrompt(
-                f"{len(req.points)} points but {len(req.labels)} labels: give one label per point"
-            )
-        if not req.points:
-            raise InvalidPrompt("points is empty")
-        if len(req.points) > max_points:
-            raise InvalidPrompt(f"{len(req.points)} points; at most {max_points} are accepted")
-        points = np.asarray(req.points, dtype=np.float64).reshape(-1, 2)
-        labels = np.asarray(req.labels, dtype=np.int64)
-        _check_inside(points, w, h, "point")
-    box_list = [req.box] if req.box is not None else req.boxes
-    if box_list is not None:
-        if not box_list:
-            raise InvalidPrompt("boxes is empty")
-        if len(box_list) > max_boxes:
-            raise InvalidPrompt(f"{len(box_list)} boxes; at most {max_boxes} are accepted")
-        boxes = np.asarray(box_list, dtype=np.float64).reshape(-1, 4)
-        _check_inside(boxes.reshape(-1, 2), w, h, "box corner")
-        for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
-            if x1 <= x0 or y1 <= y0:
-                raise InvalidPrompt(
-                    f"box {i} [{x0:g}, {y0:g}, {x1:g}, {y1:g}] is inverted or empty: "
-                    "boxes are [x0, y0, x1, y1] with x0 < x1 and y0 < y1"
-                )
-    return points, labels, boxes
-
-
-def _check_inside(xy: np.ndarray, w: int, h: int, what: str) -> None:
-    if not np.isfinite(xy).all():
-        raise InvalidPrompt(f"every {what} coordinate must be a finite number")
-    outside = (xy[:, 0] < 0) | (xy[:, 0] > w) | (xy[:, 1] < 0) | (xy[:, 1] > h)
-    if outside.any():
-        x, y = xy[int(np.flatnonzero(outside)[0])].tolist()
-        raise InvalidPrompt(
-            f"{what} ({x:g}, {y:g}) lies outside the {w}x{h} image "
-            "(coordinates are original-image pixels)"
-        )
 
 
 class _Abandoned(Exception):
@@ -296,6 +111,7 @@ class SegmentationService:
         self.failure: str | None = None
         self._draining = False
         self._inflight: dict[str, asyncio.Future[ImageEmbedding]] = {}
+        self._decoder_exports: DecoderExports | None = None
         self._decode = BoundedExecutor(
             "decode",
             settings.decode_workers,
@@ -356,8 +172,6 @@ class SegmentationService:
                 with_priors=s.priors_checkpoint is not None,
             )
             if s.priors_checkpoint is not None and self.priors is None:
-                from engine.distill.priors import load_priors
-
                 device = self.backend.info.device
                 self.priors = await to_thread(load_priors, s.priors_checkpoint, device=device)
                 log.info("granularity priors on, from %s", s.priors_checkpoint)
@@ -387,27 +201,7 @@ class SegmentationService:
         )
 
     def _load_backend(self) -> Backend:
-        from engine.loader import load_model
-
-        s = self.settings
-        backend, device = s.runtime()
-        options: dict[str, object] = {}
-        if backend == "torch":
-            if s.torch_threads:
-                options["num_threads"] = s.torch_threads
-            if s.torch_compile:
-                options.update(compile=True, compile_warmup_batch=s.encode_max_batch)
-            if s.torch_triton_mixer:
-                options["triton_mixer"] = True
-        if backend == "onnxruntime" and s.torch_threads:  # the CPU runtime `auto` picks
-            options["intra_op_num_threads"] = s.torch_threads
-        if backend == "tensorrt":
-            options["engine_cache_dir"] = str(s.engine_cache_dir)
-        chosen = f"{backend}, chosen by EDGESAM_BACKEND=auto" if s.backend == "auto" else backend
-        log.info("loading %s on %s (%s)", self.checkpoint or "random weights", device, chosen)
-        return load_model(
-            self.checkpoint, device=device, backend=backend, precision=s.precision, **options
-        )
+        return load_backend(self.settings, self.checkpoint)
 
     def begin_drain(self) -> None:
         """Readiness goes false; requests are still served until the process stops."""
@@ -589,22 +383,14 @@ class SegmentationService:
         """Everything mode on a cached embedding (engine.amg, single crop)."""
         backend, cache = self._require_started()
         emb = await self._embedding(cache, req.image_id)
-        try:
-            from engine.amg import EdgeSamAutomaticMaskGenerator
-        except ImportError as exc:
-            raise FeatureUnavailable("everything mode is not available in this build") from exc
-        if not hasattr(EdgeSamAutomaticMaskGenerator, "generate_from_embedding"):
-            raise FeatureUnavailable("everything mode from a cached embedding is not available")
-        records = await self._everything.run(
-            self._everything_sync, EdgeSamAutomaticMaskGenerator, backend, emb, req
-        )
+        records = await self._everything.run(self._everything_sync, backend, emb, req)
         h, w = emb.original_size
         return EverythingResult(image_id=req.image_id, width=w, height=h, masks=records)
 
     def _everything_sync(
-        self, generator_cls: type, backend: Backend, emb: ImageEmbedding, req: EverythingRequest
+        self, backend: Backend, emb: ImageEmbedding, req: EverythingRequest
     ) -> list[EverythingMask]:
-        generator = generator_cls(
+        generator = EdgeSamAutomaticMaskGenerator(
             backend,
             points_per_side=req.points_per_side,
             points_per_batch=req.points_per_batch,
@@ -672,6 +458,52 @@ class SegmentationService:
         """Remove an embedding from this replica's LRU and from Redis."""
         _, cache = self._require_started()
         return await cache.delete_embedding(image_id)
+
+    # -- local decoding (issue 17): embedding and decoder downloads --------------------------
+    async def embedding_file(self, image_id: str) -> EmbeddingFile:
+        """The cached embedding of `image_id` in the cache's dtype, for clients that decode
+        locally (EmbeddingNotFound when absent)."""
+        backend, cache = self._require_started()
+        emb = await self._embedding(cache, image_id)
+        return embedding_file(
+            image_id, emb.embedding, emb.original_size, cache.dtype, backend.fingerprint
+        )
+
+    async def decoder_file(self, variant: str | None = None) -> DecoderFile:
+        """The decoder in segment-anything's ONNX signature (`sam`) or CVAT's (`cvat`) for
+        the loaded model: exported on first use, then answered from the engine cache folder."""
+        backend, _ = self._require_started()
+        chosen = check_variant(variant)
+        if self._decoder_exports is None:
+            self._decoder_exports = DecoderExports(self.settings.engine_cache_dir)
+        source = export_source(backend, self.checkpoint)
+        return await self._decoder_exports.get(chosen, backend.fingerprint, source)
+
+    def models(self) -> ModelList:
+        """The loaded model, its fingerprint, the embedding's shape and dtype, and the URLs of
+        the downloads (relative to the API root)."""
+        backend, cache = self._require_started()
+        name = self.checkpoint.stem if self.checkpoint is not None else "edge_sam"
+        decoders = {
+            variant: "/v1/models/decoder.onnx" + ("" if variant == "sam" else f"?variant={variant}")
+            for variant in DECODER_VARIANTS
+        }
+        return ModelList(
+            models=[
+                ModelInfo(
+                    id=name,
+                    fingerprint=backend.fingerprint,
+                    backend=backend.info.name,
+                    precision=backend.info.precision,
+                    random_weights=self.random_weights,
+                    image_size=1024,
+                    embedding=EmbeddingSpec(shape=list(EMBEDDING_SHAPE), dtype=cache.dtype),
+                    embedding_url="/v1/embeddings/{image_id}",
+                    decoder_url=decoders["sam"],
+                    decoder_urls=decoders,
+                )
+            ]
+        )
 
     # -- health ---------------------------------------------------------------------------
     async def readiness(self) -> Readiness:

@@ -29,8 +29,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
-from proto.edgesam.v1 import segmentation_pb2 as pb
-from proto.edgesam.v1 import segmentation_pb2_grpc as pb_grpc
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
+from edgesam_client.grpc_stubs import segmentation_pb2_grpc as pb_grpc
 from service import roles
 from service.auth import api_key_matches
 from service.config import Settings
@@ -244,6 +244,23 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
             return pb.EmbeddingStatus(image_id=image_id, exists=True)
 
         return await self._call(context, "DeleteEmbedding", work)
+
+    async def GetEmbedding(  # noqa: N802
+        self, request: pb.EmbeddingRef, context: grpc.aio.ServicerContext
+    ) -> pb.EmbeddingData:
+        async def work() -> pb.EmbeddingData:
+            found = await self.service.embedding_file(self._image_id(request.image_id))
+            return pb.EmbeddingData(
+                image_id=found.image_id,
+                data=found.raw(),
+                shape=list(found.array.shape),
+                dtype=found.dtype,
+                width=found.width,
+                height=found.height,
+                fingerprint=found.fingerprint,
+            )
+
+        return await self._call(context, "GetEmbedding", work)
 
     async def InteractiveSegment(  # noqa: N802
         self,

@@ -24,10 +24,11 @@ from typing import (
 
 from fastapi import FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -55,10 +56,12 @@ from service.schemas import (
     ErrorBody,
     EverythingRequest,
     EverythingResult,
+    ModelList,
     Readiness,
     SegmentRequest,
     SegmentResult,
 )
+from service.web import mount_web
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,39 @@ def _is_open(path: str) -> bool:
 
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
+NPY_TYPE = "application/x-npy"
+ONNX_TYPE = "application/octet-stream"
+# An embedding is addressed by the image's hash and fixed by the model and the dtype, which
+# the ETag names: it never changes. private: it was fetched with an API key.
+EMBEDDING_CACHE_CONTROL = "private, max-age=31536000, immutable"
+# The decoder's URL stays when the model changes: revalidate (its ETag answers 304s).
+DECODER_CACHE_CONTROL = "private, no-cache"
+# What a page on another origin may send and read (EDGESAM_CORS_ORIGINS).
+CORS_REQUEST_HEADERS = ["authorization", "x-api-key", "content-type", "if-none-match"]
+CORS_EXPOSED_HEADERS = [
+    "ETag",
+    "Retry-After",
+    "X-EdgeSAM-Width",
+    "X-EdgeSAM-Height",
+    "X-EdgeSAM-Fingerprint",
+    RANDOM_WEIGHTS_HEADER,
+]
+
+
+def etag_matches(if_none_match: Optional[str], etag: str) -> bool:
+    """RFC 9110 If-None-Match: `*` or a list of (weak or strong) tags, compared weakly."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    wanted = etag[2:] if etag.startswith("W/") else etag
+    for tag in if_none_match.split(","):
+        tag = tag.strip()
+        if (tag[2:] if tag.startswith("W/") else tag) == wanted:
+            return True
+    return False
+
+
 # Either case; the handlers look up the lower-case id (the form the cache keys use).
 ImageIdPath = Annotated[str, Path(pattern=IMAGE_ID_PATTERN, description="sha256 hex")]
 
@@ -363,14 +399,7 @@ def create_app(
         result = await svc.segment(body)
         return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
 
-    @app.post(
-        "/v1/everything",
-        response_model=EverythingResult,
-        summary="Everything mode",
-        responses={
-            501: {"model": ErrorBody, "description": "unavailable_feature: not in this build"}
-        },
-    )
+    @app.post("/v1/everything", response_model=EverythingResult, summary="Everything mode")
     async def everything(body: EverythingRequest) -> Response:
         result = await svc.everything(body)
         return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
@@ -401,6 +430,70 @@ def create_app(
         if not await svc.delete(image_id):
             raise EmbeddingNotFound(f"no embedding for image_id {image_id}")
         return Response(status_code=204)
+
+    @app.get(
+        "/v1/embeddings/{image_id}",
+        summary="Download an embedding (.npy) to decode locally",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "the embedding, shape (1, 256, 64, 64), in the cache's dtype "
+                "(float16 or float32); X-EdgeSAM-Width/-Height give the original image size",
+                "content": {NPY_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            },
+            304: {"description": "If-None-Match named this embedding's ETag"},
+        },
+    )
+    async def get_embedding(image_id: ImageIdPath, request: Request) -> Response:
+        found = await svc.embedding_file(image_id.lower())
+        headers = {
+            "ETag": found.etag,
+            "Cache-Control": EMBEDDING_CACHE_CONTROL,
+            "X-EdgeSAM-Width": str(found.width),
+            "X-EdgeSAM-Height": str(found.height),
+            "X-EdgeSAM-Fingerprint": found.fingerprint,
+        }
+        if etag_matches(request.headers.get("if-none-match"), found.etag):
+            return Response(status_code=304, headers=headers)
+        return Response(found.npy(), media_type=NPY_TYPE, headers=headers)
+
+    @app.get("/v1/models", response_model=ModelList, summary="The loaded model and downloads")
+    async def models() -> Response:
+        return Response(svc.models().model_dump_json(), media_type="application/json")
+
+    @app.get(
+        "/v1/models/decoder.onnx",
+        summary="The decoder in segment-anything's ONNX signature (or CVAT's)",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "ONNX model; variant=sam (default): segment-anything's "
+                "export_onnx_model.py --return-single-mask signature; variant=cvat: CVAT's "
+                "SAM plugin signature",
+                "content": {ONNX_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            },
+            304: {"description": "If-None-Match named this file's ETag"},
+            501: {
+                "model": ErrorBody,
+                "description": "unavailable_feature: the service was started from ONNX files",
+            },
+        },
+    )
+    async def decoder_onnx(request: Request, variant: Optional[str] = None) -> Response:
+        found = await svc.decoder_file(variant)
+        headers = {
+            "ETag": found.etag,
+            "Cache-Control": DECODER_CACHE_CONTROL,
+            "X-EdgeSAM-Fingerprint": found.fingerprint,
+        }
+        if etag_matches(request.headers.get("if-none-match"), found.etag):
+            return Response(status_code=304, headers=headers)
+        return FileResponse(
+            found.path,
+            media_type=ONNX_TYPE,
+            headers=headers,
+            filename=f"edgesam_decoder_{found.variant}.onnx",
+        )
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> Dict[str, str]:
@@ -443,15 +536,20 @@ def create_app(
             sync()
         return Response(svc.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-    try:  # the web page (service/web.py, its own owner) when it is part of the build
-        from service.web import mount_web
-    except ImportError:
-        mount_web = None
-    if mount_web is not None:
-        mount_web(app)
+    mount_web(app, settings.web_ort_dir)
     if settings.api_key_values():
         _declare_api_keys(app)
     app.add_middleware(EdgeSamMiddleware, service=svc)
+    origins = settings.cors_origins
+    if origins:  # outermost: preflights carry no key, and errors need the CORS headers too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(origins),
+            allow_methods=["GET", "HEAD", "POST", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=600,
+        )
     return app
 
 

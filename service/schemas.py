@@ -231,3 +231,25 @@ class Readiness(_Strict):
     cache: ComponentStatus
     random_weights: bool
     backend: Dict[str, str] = Field(default_factory=dict)
+
+
+class EmbeddingSpec(_Strict):
+    shape: List[int] = Field(description="[1, 256, 64, 64]")
+    dtype: Literal["float16", "float32"] = Field(description="as GET /v1/embeddings answers")
+
+
+class ModelInfo(_Strict):
+    id: str = Field(description="the checkpoint's name")
+    fingerprint: str = Field(description="hash of the weights; part of every cache key")
+    backend: str
+    precision: str
+    random_weights: bool
+    image_size: int = Field(description="the longest side prompts are scaled to (1024)")
+    embedding: EmbeddingSpec
+    embedding_url: str = Field(description="GET: the cached embedding as .npy")
+    decoder_url: str = Field(description="GET: the decoder in segment-anything's ONNX signature")
+    decoder_urls: Dict[str, str] = Field(description="every decoder variant (sam, cvat)")
+
+
+class ModelList(_Strict):
+    models: List[ModelInfo]

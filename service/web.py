@@ -4,7 +4,9 @@ The page talks only to the public HTTP API (relative URLs, so it also works behi
 prefix); nothing here knows about the engine or the cache.
 """
 
+import mimetypes
 from pathlib import Path
+from typing import Optional
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
@@ -14,27 +16,30 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+# onnxruntime-web, pinned in service/webdeps/package-lock.json and installed there with
+# `npm ci` (.ci/run, the Dockerfile): served at /static/ort/ so the page needs no CDN. Without
+# it the page decodes on the server only.
+ORT_WEB_DIR = STATIC_DIR.parent / "webdeps" / "node_modules" / "onnxruntime-web" / "dist"
+# Module scripts must come as JavaScript, WebAssembly as application/wasm (streaming compile);
+# older mimetypes tables know neither.
+mimetypes.add_type("text/javascript", ".mjs")
+mimetypes.add_type("application/wasm", ".wasm")
 # The page is plain files; a short cache keeps reloads fast without pinning old versions.
 CACHE_CONTROL = "no-cache"
-# The page itself needs no API key (a browser cannot send one when it navigates); the key is
-# asked for by the page and sent on the API calls only.
-PUBLIC_PATHS = frozenset({"/"})
-PUBLIC_PREFIXES = ("/static/",)
 
 
-def is_public_path(path: str) -> bool:
-    """True for the page's own files, which the API-key check should let through."""
-    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
-
-
-def mount_web(app: FastAPI) -> None:
-    """Serve GET / (index.html) and GET /static/* from service/static/."""
+def mount_web(app: FastAPI, ort_dir: Optional[Path] = None) -> None:
+    """Serve GET / (index.html) and GET /static/* from service/static/, and onnxruntime-web
+    at /static/ort/ from `ort_dir` (default ORT_WEB_DIR) when it is there."""
     index = STATIC_DIR / "index.html"
 
     @app.get("/", include_in_schema=False)
     async def web_index() -> FileResponse:
         return FileResponse(index, media_type="text/html", headers={"Cache-Control": CACHE_CONTROL})
 
+    ort = ort_dir or ORT_WEB_DIR
+    if ort.is_dir():  # mounted first: /static would answer its 404 otherwise
+        app.mount("/static/ort", _Static(directory=ort), name="static-ort")
     app.mount("/static", _Static(directory=STATIC_DIR), name="static")
 
 

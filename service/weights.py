@@ -15,6 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from engine.checkpoint import CheckpointError, load_into, read_state_dict
+from engine.modeling import EdgeSam
+from service.config import Settings
+
 BASE_URL = "https://huggingface.co/spaces/chongzhou/EdgeSAM/resolve/main/weights"
 CHECKPOINTS = {
     "edge_sam": f"{BASE_URL}/edge_sam.pth",
@@ -33,8 +37,6 @@ class DownloadError(RuntimeError):
 
 
 def default_dir() -> Path:
-    from service.config import Settings
-
     env = os.environ.get("EDGESAM_WEIGHTS_DIR")
     if env:
         return Path(env)
@@ -43,9 +45,6 @@ def default_dir() -> Path:
 
 def verify(path: Path) -> None:
     """Load the file strictly into EdgeSAM; raise DownloadError naming what is wrong."""
-    from engine.checkpoint import CheckpointError, load_into, read_state_dict
-    from engine.modeling import EdgeSam
-
     try:
         load_into(EdgeSam(), read_state_dict(path), str(path))
     except CheckpointError as exc:

@@ -1,4 +1,5 @@
-"""Runtimes behind one interface (see `base.Backend`)."""
+"""Runtimes behind one interface (`base.Backend`), one file per runtime, and the registry
+(`registry`) that maps each backend name to its class and options and resolves `auto`."""
 
 from engine.backends.base import (
     Backend,

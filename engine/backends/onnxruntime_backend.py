@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,7 +32,20 @@ from engine.backends.base import (
     BackendUnavailable,
     UnsupportedPrompt,
 )
+from engine.backends.torch_backend import TorchBackend
+from engine.build_edge_sam import build_edge_sam
+from engine.export.to_onnx import export_cached
 from engine.modeling.mask_decoder import mask_slice
+from engine.onnx_format import (
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    FORMAT_VERSION,
+    IMAGE_SIDE_OUTPUTS,
+    PROMPT_DECODER_INPUTS,
+    file_digest,
+    read_metadata,
+    split_decoder_paths,
+)
 from engine.tensor_cache import PerTensorCache
 
 log = logging.getLogger(__name__)
@@ -56,12 +68,6 @@ def _import_ort() -> Any:
     except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
         raise BackendUnavailable("onnxruntime is not installed") from exc
     return ort
-
-
-def default_cache_dir() -> Path:
-    """EDGESAM_CACHE_DIR, else ~/.cache/edgesam."""
-    env = os.environ.get("EDGESAM_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "edgesam"
 
 
 def resolve_decoder_path(
@@ -148,8 +154,6 @@ def detect_format(
     encoder_inputs: Sequence[str], decoder_inputs: Sequence[str], decoder_outputs: Sequence[str]
 ) -> str:
     """FORMAT_OURS, FORMAT_OFFICIAL, or BackendError naming what was found."""
-    from engine.export import DECODER_INPUTS, DECODER_OUTPUTS
-
     if list(encoder_inputs) != ["image"]:
         raise BackendError(f"unexpected encoder inputs {list(encoder_inputs)} (want ['image'])")
     if tuple(decoder_inputs) == DECODER_INPUTS and set(DECODER_OUTPUTS[:2]) <= set(decoder_outputs):
@@ -252,8 +256,6 @@ class OnnxRuntimeBackend(Backend):
         if split_decoder and self.format == FORMAT_OURS:
             self._open_split_decoder(ort, opts, plan, available)
 
-        from engine.export import file_digest, read_metadata
-
         meta = read_metadata(self.encoder_path)
         if fingerprint is None:
             fingerprint = meta.get("edgesam.fingerprint") or (
@@ -285,14 +287,6 @@ class OnnxRuntimeBackend(Backend):
         """Sessions for `<name>_decoder_image.onnx` / `_decoder_prompt.onnx` when both lie
         beside the decoder and were exported with it (same fingerprint); else the full
         decoder serves every prompt."""
-        from engine.export import (
-            FORMAT_VERSION,
-            IMAGE_SIDE_OUTPUTS,
-            PROMPT_DECODER_INPUTS,
-            read_metadata,
-            split_decoder_paths,
-        )
-
         image_path, prompt_path = split_decoder_paths(self.decoder_path)
         if not (image_path.is_file() and prompt_path.is_file()):
             return
@@ -367,9 +361,6 @@ class OnnxRuntimeBackend(Backend):
             if path is None:  # random weights: a throwaway export, in the sessions by now
                 shutil.rmtree(encoder.parent, ignore_errors=True)
         if decoder_runtime == "torch" and path is not None:
-            from engine.backends.torch_backend import TorchBackend
-            from engine.loader import build_edge_sam
-
             model = build_edge_sam(path, upsample_mode=upsample_mode)  # type: ignore[arg-type]
             backend._torch_decoder = TorchBackend(model, optimize=False)
             backend.info.details["decode_runtime"] = "torch"
@@ -427,8 +418,6 @@ class OnnxRuntimeBackend(Backend):
             logits, iou = self._decode_official(emb, coords, labels)
             return self.select_outputs(logits, iou, num_multimask_outputs)
         if mask_input is None and self._prompt_sess is not None and emb.shape[0] == 1:
-            from engine.export import IMAGE_SIDE_OUTPUTS
-
             side = self._image_side(image_embeddings, emb)
             feeds = {name: side[i] for i, name in enumerate(IMAGE_SIDE_OUTPUTS)}
             # only the requested masks are upscaled (the single mask: a quarter of the work)
@@ -492,44 +481,3 @@ class OnnxRuntimeBackend(Backend):
         self._dec = None  # type: ignore[assignment]
         self._image_side_sess = self._prompt_sess = None
         self._side_cache.clear()
-
-
-def export_cached(
-    checkpoint: str | os.PathLike[str] | None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    upsample_mode: str = "bicubic",
-    opset: int | None = None,
-) -> tuple[Path, Path]:
-    """Our ONNX pair for a checkpoint, exported once per (file content, mode, opset, format);
-    `opset` None is the exporter's default.
-
-    None (random weights) exports into a fresh temporary folder, never cached."""
-    from engine.export import DEFAULT_OPSET, FORMAT_VERSION, export_onnx, file_digest
-    from engine.loader import build_edge_sam
-
-    opset = DEFAULT_OPSET if opset is None else opset
-    if checkpoint is None:
-        out = Path(tempfile.mkdtemp(prefix="edgesam-onnx-"))
-        pair = export_onnx(build_edge_sam(None, upsample_mode), out, "random", opset)  # type: ignore[arg-type]
-        return pair.encoder, pair.decoder
-    ckpt = Path(checkpoint)
-    key = f"{ckpt.stem}-{file_digest(ckpt, 12)}-{upsample_mode}-op{opset}-v{FORMAT_VERSION}"
-    folder = Path(cache_dir) if cache_dir else default_cache_dir() / "onnx"
-    target = folder / key
-    enc, dec = target / "edge_sam_encoder.onnx", target / "edge_sam_decoder.onnx"
-    if enc.is_file() and dec.is_file():
-        return enc, dec
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
-    try:
-        log.info("exporting %s to ONNX into %s (once)", ckpt.name, target)
-        export_onnx(build_edge_sam(ckpt, upsample_mode), tmp, "edge_sam", opset, source=ckpt.name)  # type: ignore[arg-type]
-        try:
-            tmp.rename(target)
-        except OSError:  # another process won the race; use its files
-            if not (enc.is_file() and dec.is_file()):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return enc, dec

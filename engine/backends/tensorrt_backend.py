@@ -18,6 +18,7 @@ logic lives in `trt_logic` and is tested without a GPU.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import queue
@@ -26,9 +27,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
+import onnx
 import torch
 
 from engine.backends.base import Backend, BackendError, BackendInfo, BackendUnavailable
+from engine.backends.onnxruntime_backend import resolve_decoder_path
 from engine.backends.trt_logic import (
     EngineKey,
     ProfileSpec,
@@ -48,6 +51,8 @@ from engine.backends.trt_logic import (
     weak_precision_refusal,
     write_engine_file,
 )
+from engine.export.to_onnx import default_cache_dir, export_cached
+from engine.onnx_format import DEFAULT_OPSET, FORMAT_NAME, file_digest, read_metadata
 from engine.transforms import normalize_pixels
 
 log = logging.getLogger(__name__)
@@ -76,10 +81,13 @@ def _import_trt() -> Any:
     return trt
 
 
+def installed_version() -> str:
+    """The installed TensorRT's version (BackendUnavailable without one)."""
+    return str(_import_trt().__version__)
+
+
 def tensorrt_available() -> bool:
     """True when `tensorrt` imports and torch sees a CUDA device (nothing is initialised)."""
-    import importlib.util
-
     return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 
 
@@ -105,8 +113,6 @@ def runtime_identity(device_index: int) -> dict[str, str]:
 
 def onnx_input_specs(path: str | os.PathLike[str]) -> list[TensorSpec]:
     """Inputs of an ONNX file with -1 for symbolic dimensions (read with `onnx`, no GPU)."""
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)
     init = {i.name for i in model.graph.initializer}
     specs = []
@@ -121,8 +127,6 @@ def onnx_input_specs(path: str | os.PathLike[str]) -> list[TensorSpec]:
 
 def onnx_op_types(path: str | os.PathLike[str]) -> set[str]:
     """The operator types in an ONNX file (read with `onnx`, no GPU)."""
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)
     return {node.op_type for node in model.graph.node}
 
@@ -181,9 +185,6 @@ def build_engine_bytes(
 def _read_onnx_pair(
     encoder_path: str | os.PathLike[str], decoder_path: str | os.PathLike[str] | None
 ) -> tuple[Path, Path, str]:
-    from engine.backends.onnxruntime_backend import resolve_decoder_path
-    from engine.export import FORMAT_NAME, read_metadata
-
     enc = Path(encoder_path)
     dec = resolve_decoder_path(enc, decoder_path)
     meta = read_metadata(enc)
@@ -203,8 +204,6 @@ def expected_key(
     spec: ProfileSpec,
     identity: Mapping[str, str],
 ) -> tuple[EngineKey, dict[str, dict[str, ShapeRange]]]:
-    from engine.export import file_digest
-
     profiles = {
         role: build_profile(onnx_input_specs(path), dim_ranges(role, spec))
         for role, path in (("encoder", encoder), ("decoder", decoder))
@@ -222,8 +221,6 @@ def expected_key(
 
 
 def default_engine_dir() -> Path:
-    from engine.backends.onnxruntime_backend import default_cache_dir
-
     return default_cache_dir() / "tensorrt"
 
 
@@ -403,9 +400,6 @@ class TensorRTBackend(Backend):
         if path is not None and Path(path).suffix in (".engine", ".plan"):
             return cls(path, device, None, num_contexts, precision)
         if path is None or Path(path).suffix != ".onnx":
-            from engine.backends.onnxruntime_backend import export_cached
-            from engine.export import DEFAULT_OPSET
-
             path, decoder_path = export_cached(
                 path,
                 cache_dir and Path(cache_dir) / "onnx",

@@ -23,6 +23,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from engine.distill.config import dump_config, load_config
+from engine.distill.data import (
+    DistillDataset,
+    collate,
+    make_records,
+    official_subset,
+    read_subset_list,
+)
+from engine.distill.embeddings import EmbeddingWriter, compute_embeddings
+from engine.distill.evaluate import EvalSettings, evaluate_records, load_model
+from engine.distill.phases import Phase1Task, Phase2Task
+from engine.distill.priors import PriorsTask, load_priors
+from engine.distill.synthetic import make_sa1b
+from engine.distill.trainer import init_distributed, train
+from engine.distill.vit import load_teacher
+
 STEP_HELP = {
     "embed": (
         "Compute the teacher embeddings once",
@@ -151,14 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cuda() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
 def resolve_config(args: argparse.Namespace) -> Any:
-    from engine.distill.config import load_config
-
     sets = list(args.set)
     mapping = {
         "data_root": "data.root",
@@ -181,13 +197,6 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
 
 def run_embed(cfg: Any) -> int:
-    import torch
-    from torch.utils.data import DataLoader
-
-    from engine.distill.data import DistillDataset, collate, make_records
-    from engine.distill.embeddings import EmbeddingWriter, compute_embeddings
-    from engine.distill.trainer import init_distributed
-    from engine.distill.vit import load_teacher
 
     env = init_distributed()
     d = cfg.data
@@ -210,37 +219,23 @@ def run_embed(cfg: Any) -> int:
                 teacher, loader, writer, env.device, amp, cfg.progress and env.is_main, len(todo)
             )
     if env.world > 1:
-        import torch.distributed as dist
-
         dist.barrier()
     return 0
 
 
 def run_train(step: str, cfg: Any) -> int:
-    from engine.distill.trainer import init_distributed, train
-
     env = init_distributed()
-    if step == "phase1":
-        from engine.distill.phases import Phase1Task as TaskCls
-    elif step == "phase2":
-        from engine.distill.phases import Phase2Task as TaskCls
-    else:
-        from engine.distill.priors import PriorsTask as TaskCls
-    path = train(cfg, TaskCls(cfg, env), env)
+    tasks = {"phase1": Phase1Task, "phase2": Phase2Task, "priors": PriorsTask}
+    path = train(cfg, tasks[step](cfg, env), env)
     if env.is_main:
         print(f"wrote {path}")
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from engine.distill.data import make_records
-    from engine.distill.evaluate import EvalSettings, evaluate_records, load_model
-
     model = load_model(args.model, args.image_size, args.device)
     priors = None
     if args.priors:
-        from engine.distill.priors import load_priors
-
         priors = load_priors(args.priors, device=args.device)
     root = args.data_root
     records = make_records(args.format, root, args.split, args.ann_file, args.limit)
@@ -277,22 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.step in ("embed", "phase1", "phase2", "priors"):
         cfg = resolve_config(args)
         if args.print_config:
-            from engine.distill.config import dump_config
-
             print(dump_config(cfg), end="")
             return 0
         return run_embed(cfg) if args.step == "embed" else run_train(args.step, cfg)
     if args.step == "evaluate":
         return run_evaluate(args)
     if args.step == "subset":
-        from engine.distill.data import official_subset, read_subset_list
-
         for name, link in official_subset(read_subset_list(args.links), args.split):
             print(f"{name}\t{link}")
         return 0
     if args.step == "synth":
-        from engine.distill.synthetic import make_sa1b
-
         make_sa1b(args.output, args.num_images, split=args.split)
         print(f"wrote {args.num_images} images under {args.output}")
         return 0

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset, Sampler
 
 from engine.modeling.edge_sam import PIXEL_MEAN, PIXEL_STD
@@ -74,8 +76,6 @@ def scale_xy(coords: np.ndarray, orig_hw: tuple[int, int], new_hw: tuple[int, in
 
 def mask_center(mask: np.ndarray) -> tuple[float, float]:
     """The mask pixel farthest from the background (x, y) (distance-transform argmax)."""
-    import cv2
-
     padded = np.pad(mask.astype(np.uint8), 1)
     dist = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
@@ -84,8 +84,6 @@ def mask_center(mask: np.ndarray) -> tuple[float, float]:
 
 def decode_segmentation(seg: Any, h: int, w: int) -> np.ndarray:
     """COCO RLE (compressed or not) or polygon list -> HxW bool mask."""
-    from pycocotools import mask as mask_utils
-
     if isinstance(seg, list):
         rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
     elif isinstance(seg.get("counts"), list):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 SHARD_RECORDS = 1024
 
@@ -240,8 +241,6 @@ def compute_embeddings(
 
     Returns the number of embeddings written.
     """
-    from tqdm import tqdm
-
     written = 0
     bar = tqdm(total=total, disable=not progress, unit="img", desc="teacher embeddings")
     for batch in loader:

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
+from engine.checkpoint import load_into, read_state_dict
 from engine.distill.data import (
     ImageRecord,
     decode_segmentation,
@@ -35,6 +37,7 @@ from engine.distill.data import (
 )
 from engine.distill.model import LABEL_DUMMY, build_student, decode_prompts
 from engine.modeling import merge_prompts
+from engine.priors import encode_with_priors, prior_boxes_for_points
 
 
 @dataclass
@@ -50,8 +53,6 @@ class EvalSettings:
 
 def load_model(path: str | Path, image_size: int = 1024, device: str = "cpu") -> nn.Module:
     """A model file in the official layout, loaded strictly by engine.checkpoint."""
-    from engine.checkpoint import load_into, read_state_dict
-
     model = build_student(image_size)
     load_into(model, read_state_dict(path), str(path))
     return model.to(device).eval()
@@ -119,8 +120,6 @@ def evaluate_records(
     """mIoU after 0..refine_iters correction points. `model` has .image_encoder,
     .prompt_encoder, .mask_decoder (EdgeSam or `build_student`); `priors` an optional
     GranularityPriors head used for point prompts."""
-    from tqdm import tqdm
-
     s = settings or EvalSettings()
     device = torch.device(device)
     ious: list[list[float]] = [[] for _ in range(s.refine_iters + 1)]
@@ -139,8 +138,6 @@ def evaluate_records(
             np.stack([decode_segmentation(a["segmentation"], *orig_hw) for a in anns])
         )
         if priors is not None:
-            from engine.distill.priors import encode_with_priors
-
             emb, proposals = encode_with_priors(model, priors, x[None].to(device))
             proposals = proposals[0]
         else:
@@ -164,8 +161,6 @@ def evaluate_records(
             ).float()[:, None]
             lbs = torch.ones(len(anns), 1, dtype=torch.long)
             if proposals is not None:
-                from engine.distill.priors import prior_boxes_for_points
-
                 boxes, has = prior_boxes_for_points(*proposals, pts[:, 0].to(device))
                 boxes = boxes.cpu()
                 has = has.cpu()

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.checkpoint import read_state_dict
+from engine.checkpoint import load_into, read_state_dict
 from engine.distill.config import Phase1Config, Phase2Config
 from engine.distill.data import valid_map
 from engine.distill.loop import LoopSettings, Phase2Net
@@ -163,8 +163,6 @@ class Phase2Task(Task):
 
 def check_loadable(path: str | Path) -> EdgeSam:
     """Load an exported file the way the engine does (strict, official layout)."""
-    from engine.checkpoint import load_into
-
     model = EdgeSam()
     load_into(model, read_state_dict(path), str(path))
     return model

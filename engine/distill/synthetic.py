@@ -7,12 +7,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
+
+from engine.distill.data import mask_center
+from engine.distill.model import PromptDecoder
 
 
 def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
 
@@ -63,7 +66,6 @@ def make_sa1b(
             ys, xs = np.nonzero(mask)
             x0, y0 = int(xs.min()), int(ys.min())
             bw, bh = int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1
-            from engine.distill.data import mask_center
 
             px, py = mask_center(mask)
             records.append(
@@ -88,9 +90,6 @@ def make_sa1b(
 def write_random_sam_checkpoint(path: str | Path, seed: int = 0) -> Path:
     """A SAM-shaped prompt encoder + mask decoder with random weights (no image encoder), as
     a stand-in for the `prompt_encoder.*`/`mask_decoder.*` part of an official SAM file."""
-    import torch
-
-    from engine.distill.model import PromptDecoder
 
     torch.manual_seed(seed)
     model = PromptDecoder()

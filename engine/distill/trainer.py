@@ -21,8 +21,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
+from engine.distill.config import dump_config
 from engine.distill.data import DistillDataset, ShardedShuffleSampler, collate, make_records
+from engine.distill.embeddings import open_store
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +191,6 @@ def build_loader(
     records = make_records(d.format, d.root, d.split, d.ann_file, d.limit)
     store = None
     if task.needs_embeddings:
-        from engine.distill.embeddings import open_store
-
         store = open_store(cfg.embeddings)
         grid = d.image_size // 16
         if tuple(store.shape[1:]) != (grid, grid):
@@ -386,12 +387,9 @@ def _progress(loader: DataLoader, enabled: bool, epoch: int) -> Iterator[dict[st
     if not enabled:
         yield from loader
         return
-    from tqdm import tqdm
 
     yield from tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False)
 
 
 def _yaml(cfg: Any) -> str:
-    from engine.distill.config import dump_config
-
     return dump_config(cfg)

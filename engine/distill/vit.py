@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.checkpoint import read_state_dict
 from engine.modeling.common import LayerNorm2d, MLPBlock
 
 ENCODER_PREFIX = "image_encoder."
@@ -259,8 +260,6 @@ def load_teacher(
 ) -> SamViTEncoder:
     """Load a SAM ViT encoder from an official SAM checkpoint (or a bare encoder state dict),
     strictly: a missing, unexpected or mis-shaped key raises."""
-    from engine.checkpoint import read_state_dict
-
     state = encoder_state_from_sam(read_state_dict(path))
     variant = variant or infer_variant(state)
     model = build_sam_vit(variant, img_size, device="meta")

@@ -1,6 +1,7 @@
-// EdgeSAM interactive page: embeds an image once (POST v1/embed), then every click or box
-// calls v1/segment only; everything mode calls v1/everything. Plain browser JavaScript,
-// no dependencies; RLE decoding lives in rle.js.
+// EdgeSAM interactive page: embeds an image once (POST v1/embed), then every click or box is
+// decoded in the browser (local.js: the embedding and the decoder downloaded once, run in
+// onnxruntime-web) or, as a switch, by v1/segment on the server; everything mode calls
+// v1/everything. Plain browser JavaScript; RLE decoding lives in rle.js.
 "use strict";
 
 (() => {
@@ -36,6 +37,9 @@
     exportCoco: $("export-coco"),
     exportCutout: $("export-cutout"),
     rttLast: $("rtt-last"),
+    clickBrowser: $("click-browser"),
+    clickServer: $("click-server"),
+    localStatus: $("local-status"),
     rttLog: $("rtt-log"),
     amgPps: $("amg-pps"),
     amgIou: $("amg-iou"),
@@ -75,7 +79,19 @@
     lastSegmentRequest: null,
     lastRender: null,
     calls: [],
+    // "browser" (the default where WebAssembly runs) or "server"; ?decode= overrides
+    decodeMode: initialDecodeMode(),
+    local: { sessionPromise: null, session: null, embedding: null, embeddingFor: null, download: null },
+    clickTimes: [], // {mode, ms}: click (or prompt change) to overlay drawn
+    lastDecode: null,
+    lastLocalRequest: null,
   };
+
+  function initialDecodeMode() {
+    const asked = new URLSearchParams(location.search).get("decode");
+    if (asked === "server" || asked === "browser") return asked;
+    return typeof EdgeSamLocal !== "undefined" && EdgeSamLocal.available() ? "browser" : "server";
+  }
 
   // ---------------------------------------------------------------- HTTP
 
@@ -306,7 +322,7 @@
     await withKey(embed);
   }
 
-  async function embed() {
+  async function embed(prepare = true) {
     setBusy(1);
     const t0 = performance.now();
     const timer = setInterval(() => {
@@ -329,6 +345,16 @@
           (data.cached ? " (cached)" : "") + " · click, right-click or drag on the image"
       );
       el.ui.focus({ preventScroll: true });
+      if (prepare && S.decodeMode === "browser") {
+        showProgress("Downloading the embedding and the decoder…", null);
+        try {
+          await prepareLocal();
+        } catch (err) {
+          if (err instanceof ApiError) throw err;
+          setDecodeMode("server", false);
+          el.localStatus.textContent = `Decoding on the server: ${err.message}`;
+        }
+      }
     } finally {
       clearInterval(timer);
       hideProgress();
@@ -376,6 +402,7 @@
       sentMaskInputId: undefined,
       result: null,
       chosen: 0,
+      clickedAt: performance.now(),
     };
     change(next);
     S.history.push(next);
@@ -417,7 +444,7 @@
           const idx = S.history.indexOf(entry);
           entry.sentMaskInputId = idx > 0 ? previousAnswerMaskIdBefore(idx) : null;
         }
-        await withKey(() => segment(entry));
+        await withKey(() => (S.decodeMode === "browser" ? localSegment(entry) : segment(entry)));
       }
     } finally {
       S.pumping = false;
@@ -468,11 +495,156 @@
     const tAnswer = performance.now();
     entry.result = answer.data;
     entry.chosen = bestIndex(answer.data.masks);
+    S.lastDecode = "server";
     if (entry === current() && S.mode === "prompt") {
       renderPrompt();
       const drawMs = performance.now() - tAnswer;
       answer.entry.extra = ` · drawn in ${drawMs.toFixed(1)} ms`;
       renderTiming();
+      recordClick("server", entry);
+    }
+  }
+
+  // ---------------------------------------------------------------- decoding in the browser
+
+  function recordClick(mode, entry) {
+    const ms = performance.now() - entry.clickedAt;
+    S.clickTimes.push({ mode, ms });
+    if (S.clickTimes.length > 200) S.clickTimes.shift();
+    const mine = S.clickTimes.filter((c) => c.mode === mode).map((c) => c.ms);
+    const sorted = mine.slice().sort((a, b) => a - b);
+    const median = sorted[Math.floor(sorted.length / 2)];
+    const target = mode === "browser" ? el.clickBrowser : el.clickServer;
+    target.textContent = `${ms.toFixed(1)} ms (median ${median.toFixed(1)} ms of ${mine.length})`;
+  }
+
+  /** GET a binary resource with the API key; returns {buffer, ms, response}. */
+  async function getBytes(route, name) {
+    const t0 = performance.now();
+    let response;
+    try {
+      response = await fetch(route, { headers: authHeaders() });
+    } catch (err) {
+      recordCall(route, performance.now() - t0, "network error");
+      throw new ApiError(0, "network_error", "the service cannot be reached: " + err.message);
+    }
+    if (!response.ok) {
+      const text = await response.text();
+      recordCall(route, performance.now() - t0, response.status);
+      throw await parseError(response.status, text);
+    }
+    const buffer = await response.arrayBuffer();
+    const ms = performance.now() - t0;
+    recordCall(name || route, ms, response.status, ` · ${(buffer.byteLength / 1048576).toFixed(2)} MiB`);
+    return { buffer, ms, response };
+  }
+
+  /** The decoder session (once per page) and this image's embedding (once per image). */
+  async function prepareLocal() {
+    const L = S.local;
+    if (!L.sessionPromise) {
+      L.sessionPromise = (async () => {
+        const got = await getBytes("v1/models/decoder.onnx?variant=multimask", "v1/models/decoder.onnx");
+        const t0 = performance.now();
+        const session = await EdgeSamLocal.createSession(got.buffer);
+        // One throwaway run: the first one pays WebAssembly's warm-up, not the first click.
+        const blank = { points: [[0, 0]], labels: [1], box: null, width: 64, height: 64 };
+        await EdgeSamLocal.decode(session, new Float32Array(256 * 64 * 64), blank, null);
+        L.session = session;
+        L.decoderInfo = { bytes: got.buffer.byteLength, ms: got.ms, sessionMs: performance.now() - t0 };
+        return L.session;
+      })();
+      L.sessionPromise.catch(() => {
+        L.sessionPromise = null;
+      });
+    }
+    await L.sessionPromise;
+    if (L.embeddingFor !== S.imageId) {
+      const imageId = S.imageId;
+      let got;
+      try {
+        got = await getBytes(`v1/embeddings/${imageId}`, "v1/embeddings/{id}");
+      } catch (err) {
+        if (!(err instanceof ApiError) || err.code !== "embedding_not_found") throw err;
+        await embed(false); // the cache forgot the image: embed it again, then download
+        got = await getBytes(`v1/embeddings/${S.imageId}`, "v1/embeddings/{id}");
+      }
+      const npy = EdgeSamLocal.parseNpy(got.buffer);
+      L.embedding = npy.data;
+      L.embeddingFor = S.imageId;
+      L.download = { bytes: got.buffer.byteLength, ms: got.ms, dtype: npy.dtype };
+      el.localStatus.textContent =
+        `Embedding downloaded: ${(got.buffer.byteLength / 1048576).toFixed(2)} MiB (${npy.dtype}) ` +
+        `in ${got.ms.toFixed(0)} ms; decoder ${(L.decoderInfo.bytes / 1048576).toFixed(1)} MiB.`;
+    }
+  }
+
+  function previousLowResBefore(idx) {
+    for (let i = idx - 1; i >= 0; i--) {
+      const r = S.history[i].result;
+      if (r && r.lowRes) return r.lowRes;
+    }
+    return null;
+  }
+
+  /** As `segment`, answered in the browser: the same candidates (num_masks 1: the single
+   * mask; 3: the multimask outputs) and the same refinement (the previous answer's best
+   * low-res logits as mask input) as v1/segment. */
+  async function localSegment(entry) {
+    try {
+      await prepareLocal();
+    } catch (err) {
+      if (err instanceof ApiError) throw err;
+      // No WebAssembly runtime here: decode on the server from now on.
+      setDecodeMode("server", false);
+      el.localStatus.textContent = `Decoding on the server: ${err.message}`;
+      return segment(entry);
+    }
+    const idx = S.history.indexOf(entry);
+    const maskInput = idx > 0 ? previousLowResBefore(idx) : null;
+    entry.sentMaskInputId = maskInput ? "local" : null;
+    const prompt = { points: entry.points, labels: entry.labels, box: entry.box, width: S.width, height: S.height };
+    const res = await EdgeSamLocal.decode(S.local.session, S.local.embedding, prompt, maskInput);
+    const masks = EdgeSamLocal.candidates(entry.numMasks).map((k) => EdgeSamLocal.maskRecord(res, k));
+    const best = bestIndex(masks);
+    entry.result = { image_id: S.imageId, width: S.width, height: S.height, masks, lowRes: masks[best].lowRes };
+    entry.chosen = best;
+    S.lastLocalRequest = {
+      points: entry.points,
+      labels: entry.labels,
+      box: entry.box,
+      num_masks: entry.numMasks,
+      refined: !!maskInput,
+    };
+    S.lastDecode = "browser";
+    recordCall("local decode", res.ms, "wasm");
+    if (entry === current() && S.mode === "prompt") {
+      renderPrompt();
+      recordClick("browser", entry);
+    }
+  }
+
+  function setDecodeMode(mode, rerun = true) {
+    S.decodeMode = mode;
+    for (const r of document.querySelectorAll('input[name="decode-mode"]')) r.checked = r.value === mode;
+    const top = current();
+    if (rerun && top && S.mode === "prompt") {
+      // The same prompt answered the other way (refinement state is per mode).
+      for (const h of S.history) {
+        h.result = null;
+        h.sentMaskInputId = undefined;
+      }
+      top.clickedAt = performance.now();
+      schedule();
+    } else if (rerun && mode === "browser" && S.imageId) {
+      withKey(async () => {
+        setBusy(1);
+        try {
+          await prepareLocal();
+        } finally {
+          setBusy(-1);
+        }
+      });
     }
   }
 
@@ -511,6 +683,7 @@
       // Same prompt, another candidate count: ask again with the same mask_input_id.
       top.numMasks = n;
       top.result = null;
+      top.clickedAt = performance.now();
       schedule();
     }
   }
@@ -1156,6 +1329,10 @@
   el.undo.addEventListener("click", undo);
   el.reset.addEventListener("click", () => resetPrompts());
   el.everything.addEventListener("click", () => withKey(runEverything));
+  for (const r of document.querySelectorAll('input[name="decode-mode"]')) {
+    r.checked = r.value === S.decodeMode;
+    r.addEventListener("change", () => setDecodeMode(r.value));
+  }
   for (const r of document.querySelectorAll('input[name="num-masks"]')) {
     r.addEventListener("change", () => setNumMasks(Number(r.value)));
   }
@@ -1202,6 +1379,13 @@
         lastSegmentRequest: S.lastSegmentRequest,
         maskInputId: top && top.result ? top.result.mask_input_id : null,
         everythingCount: S.ev ? S.ev.masks.length : 0,
+        decodeMode: S.decodeMode,
+        lastDecode: S.lastDecode,
+        localReady: !!(S.local.session && S.local.embeddingFor === S.imageId),
+        embeddingDownload: S.local.download,
+        decoderDownload: S.local.decoderInfo || null,
+        lastLocalRequest: S.lastLocalRequest,
+        clickTimes: S.clickTimes.slice(),
         calls: S.calls.map((c) => ({ route: c.route, ms: c.ms, status: c.status })),
       };
     },

@@ -14,9 +14,9 @@ from PIL import Image
 
 from service.config import Settings
 from service.core import SegmentationService
-from service.fake_backend import FakeBackend
 from service.http_app import create_app
 from tests.conftest import UvicornThread, wait_until
+from tests.fake_backend import FakeBackend
 
 
 @dataclass

@@ -10,7 +10,7 @@ import sys
 from service.__main__ import serve
 from service.config import Settings
 from service.core import SegmentationService
-from service.fake_backend import FakeBackend
+from tests.fake_backend import FakeBackend
 
 
 def main() -> int:

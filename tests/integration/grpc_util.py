@@ -11,12 +11,12 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from proto.edgesam.v1 import segmentation_pb2_grpc as pb_grpc
+from edgesam_client.grpc_stubs import segmentation_pb2_grpc as pb_grpc
 from service.core import SegmentationService
-from service.fake_backend import FakeBackend
 from service.grpc_server import serve_grpc
 from service.http_app import create_app
 from tests.conftest import UvicornThread, free_port, wait_until
+from tests.fake_backend import FakeBackend
 from tests.integration.conftest import make_settings
 
 

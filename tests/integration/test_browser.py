@@ -99,9 +99,10 @@ def api(service_url: str) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def page(browser, service_url: str, image_png: Path):  # noqa: ANN001, ANN201
-    """One page with case A opened through the file input (embedded once)."""
+    """One page with case A opened through the file input (embedded once), decoding on the
+    server (?decode=server; the local mode has its own page below)."""
     with new_page(browser) as pg:
-        pg.goto(service_url)
+        pg.goto(service_url + "?decode=server")
         pg.wait_for_function("() => window.EdgeSamPage !== undefined")
         shot(pg, "01_empty")
         pg.set_input_files("#file-input", str(image_png))
@@ -455,3 +456,142 @@ def test_phone_layout(browser, service_url: str, image_png: Path) -> None:  # no
         shot(pg, "08_phone")
         buf = io.BytesIO(pg.screenshot(full_page=True))
         assert Image.open(buf).size[0] == 390
+
+
+# ------------------------------------------------------------------------------ local decoding
+
+
+@pytest.fixture(scope="module")
+def local_page(browser, service_url: str, image_png: Path):  # noqa: ANN001, ANN201
+    """A page in its default mode (decoding in the browser), case A opened once."""
+    with new_page(browser) as pg:
+        pg.goto(service_url)
+        pg.wait_for_function("() => window.EdgeSamPage !== undefined")
+        pg.set_input_files("#file-input", str(image_png))
+        pg.wait_for_function(
+            "() => { const s = EdgeSamPage.state(); return s.imageId && s.busy === 0; }",
+            timeout=WAIT_MS,
+        )
+        yield pg
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def local_decodes(page) -> int:  # noqa: ANN001
+    return sum(1 for c in state(page)["calls"] if c["route"] == "local decode")
+
+
+def wait_local(page, before: int) -> dict:  # noqa: ANN001
+    page.wait_for_function(
+        """(n) => { const s = EdgeSamPage.state();
+                    const k = s.calls.filter(c => c.route === 'local decode').length;
+                    return k > n && s.busy === 0 && s.answered; }""",
+        arg=before,
+        timeout=WAIT_MS,
+    )
+    return state(page)
+
+
+def server_body(st: dict, image_id: str, mask_input_id: str | None = None) -> dict:
+    req = st["lastLocalRequest"]
+    body: dict = {"image_id": image_id, "num_masks": req["num_masks"]}
+    if req["points"]:
+        body["points"], body["labels"] = req["points"], req["labels"]
+    if req["box"]:
+        body["box"] = req["box"]
+    if mask_input_id:
+        body["mask_input_id"] = mask_input_id
+    return body
+
+
+def test_local_decoding_equals_the_server(local_page, api: httpx.Client, golden: dict) -> None:  # noqa: ANN001
+    """Decoding in the browser (the default): the embedding and the decoder downloaded once,
+    no /v1/segment call per click; every overlay equals the server's mask for the same
+    prompt (IoU >= 0.99): a click, a refining background click, 3 candidates, a box. Then
+    the server switch answers the same prompt the same way; both click times are shown."""
+    pg = local_page
+    st = state(pg)
+    assert st["decodeMode"] == "browser" and st["localReady"], st
+    download = st["embeddingDownload"]
+    assert download["bytes"] == 1 * 256 * 64 * 64 * 4 + 128 and download["dtype"] == "float32"
+    routes = [c["route"] for c in st["calls"]]
+    assert routes.count("v1/embeddings/{id}") == 1
+    assert routes.count("v1/models/decoder.onnx") == 1
+    image_id = st["imageId"]
+    gx, gy = (int(v) for v in golden["p1_point_coords"][0])
+
+    n = local_decodes(pg)
+    pg.mouse.click(*client_xy(pg, gx, gy))
+    st = wait_local(pg, n)
+    assert st["lastDecode"] == "browser" and not st["lastLocalRequest"]["refined"]
+    first = overlay(pg)
+    r = api.post("v1/segment", json=server_body(st, image_id))
+    assert r.status_code == 200, r.text
+    assert iou(first, rle_mask(r.json()["masks"][0]["rle"])) >= 0.99
+    mask_id = r.json()["mask_input_id"]
+    shot(pg, "10_local_click")
+
+    # a background click refines the previous answer (its low-res logits as mask input)
+    ys, xs = np.nonzero(first)
+    bx, by = int(xs[len(xs) // 3]), int(ys[len(ys) // 3])
+    n = local_decodes(pg)
+    pg.mouse.click(*client_xy(pg, bx, by), button="right")
+    st = wait_local(pg, n)
+    assert st["lastLocalRequest"]["refined"] and st["lastLocalRequest"]["labels"] == [1, 0]
+    second = overlay(pg)
+    want = api_masks(api, server_body(st, image_id, mask_id))[0]
+    assert iou(second, want) >= 0.99
+    assert not np.array_equal(second, first)
+
+    # three candidates: the chosen one (best score) is the server's same-index mask
+    n = local_decodes(pg)
+    pg.keyboard.press("m")
+    st = wait_local(pg, n)
+    assert len(st["candidates"]) == 3
+    want = api_masks(api, server_body(st, image_id, mask_id))
+    assert iou(overlay(pg), want[st["prompt"]["chosen"]]) >= 0.99
+    pg.keyboard.press("1")
+    pg.wait_for_function("() => EdgeSamPage.state().prompt.chosen === 0")
+    assert iou(overlay(pg), want[0]) >= 0.99
+    pg.check('input[name="num-masks"][value="1"]')
+    pg.wait_for_function("() => EdgeSamPage.state().busy === 0 && EdgeSamPage.state().answered")
+
+    # a box
+    reset(pg)
+    x0, y0, x1, y1 = (int(v) for v in golden["p3_box"])
+    n = local_decodes(pg)
+    pg.mouse.move(*client_xy(pg, x0, y0))
+    pg.mouse.down()
+    pg.mouse.move(*client_xy(pg, x1, y1), steps=6)
+    pg.mouse.up()
+    st = wait_local(pg, n)
+    assert st["lastLocalRequest"]["box"] == [x0, y0, x1, y1]
+    boxed = overlay(pg)
+    assert iou(boxed, api_masks(api, server_body(st, image_id))[0]) >= 0.99
+    shot(pg, "11_local_box")
+
+    # the switch: the same box on the server
+    n = segment_calls(pg)
+    pg.check('input[name="decode-mode"][value="server"]')
+    st = wait_answer(pg, n)
+    assert st["lastDecode"] == "server" and st["decodeMode"] == "server"
+    assert iou(overlay(pg), boxed) >= 0.99
+    # back to the browser for a last click, answered locally again
+    pg.check('input[name="decode-mode"][value="browser"]')
+    pg.wait_for_function(
+        "() => EdgeSamPage.state().lastDecode === 'browser' && EdgeSamPage.state().busy === 0"
+    )
+
+    times = state(pg)["clickTimes"]
+    assert {t["mode"] for t in times} == {"browser", "server"}
+    for mode in ("browser", "server"):
+        shown = pg.locator(f"#click-{mode}").inner_text()
+        assert "ms" in shown and "median" in shown, shown
+    assert "MiB" in pg.locator("#local-status").inner_text()
+    shot(pg, "12_local_times")
+    (ARTIFACTS / "click_times.json").write_text(
+        json.dumps({"clicks": times, "embedding": download, "decoder": st["decoderDownload"]})
+    )

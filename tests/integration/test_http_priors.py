@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from engine.core import decode_points, encode_image_with_priors, prompts_to_points, with_prior_box
-from engine.distill.priors import GranularityPriors, load_priors
 from engine.loader import load_model
+from engine.priors import GranularityPriors, load_priors
 from tests.integration.conftest import png_bytes
 
 PNG = {"content-type": "image/png"}

@@ -9,13 +9,13 @@ import grpc
 import httpx
 import pytest
 
-from proto.edgesam.v1 import segmentation_pb2 as pb
-from proto.edgesam.v1 import segmentation_pb2_grpc as pb_grpc
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
+from edgesam_client.grpc_stubs import segmentation_pb2_grpc as pb_grpc
 from service.core import SegmentationService
-from service.fake_backend import FakeBackend
 from service.http_app import create_app
 from service.roles import apply_role
 from tests.conftest import serve_app, wait_until
+from tests.fake_backend import FakeBackend
 from tests.integration import process_util
 from tests.integration.conftest import make_settings, png_bytes, test_image
 from tests.integration.process_util import ServiceProcess

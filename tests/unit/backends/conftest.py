@@ -50,7 +50,7 @@ def case_a_model(case_a_dir: Path) -> EdgeSam:
 @pytest.fixture(scope="session")
 def exported(case_a_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Our ONNX pair for case A, written by the CLI; returns paths and what it printed."""
-    from engine.export import main
+    from engine.export.__main__ import main
 
     out_dir = tmp_path_factory.mktemp("onnx")
     buffer = io.StringIO()

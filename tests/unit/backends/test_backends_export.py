@@ -15,12 +15,12 @@ from engine.export import (
     DECODER_INPUTS,
     DECODER_OUTPUTS,
     FORMAT_NAME,
-    main,
     model_fingerprint,
     read_metadata,
     stability_scores_float,
     torchscript_exporter,
 )
+from engine.export.__main__ import main
 from engine.fusion import MatrixUpsample2x
 from engine.transforms import stability_score
 

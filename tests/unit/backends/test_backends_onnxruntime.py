@@ -280,8 +280,7 @@ def test_detect_format() -> None:
 
 
 def test_checkpoint_export_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.export
-    import engine.loader
+    import engine.export.to_onnx
 
     calls = []
 
@@ -290,8 +289,8 @@ def test_checkpoint_export_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyP
         for role in ("encoder", "decoder"):
             (Path(out_dir) / f"{name}_{role}.onnx").write_bytes(b"x")
 
-    monkeypatch.setattr(engine.export, "export_onnx", fake_export)
-    monkeypatch.setattr(engine.loader, "build_edge_sam", lambda *a, **k: None)
+    monkeypatch.setattr(engine.export.to_onnx, "export_onnx", fake_export)
+    monkeypatch.setattr(engine.export.to_onnx, "build_edge_sam", lambda *a, **k: None)
     ckpt = tmp_path / "w.pth"
     ckpt.write_bytes(b"weights-1")
     first = export_cached(ckpt, tmp_path / "cache")
@@ -329,7 +328,7 @@ def test_torch_decoder_with_onnxruntime_encoder(
 
     pair = (exported["encoder"], exported["decoder"])
     monkeypatch.setattr(ort_module, "export_cached", lambda *a, **k: pair)
-    monkeypatch.setattr("engine.backends.select._has_module", lambda name: name == "onnxruntime")
+    monkeypatch.setattr("engine.backends.registry._has_module", lambda name: name == "onnxruntime")
     auto = load_model(case_a_dir / "weights.safetensors", backend="auto")
     assert auto.info.name == "onnxruntime" and "decode_runtime" not in auto.info.details
     assert auto.info.details["split_decoder"] == "true"
@@ -428,7 +427,7 @@ def test_split_decoder_runs_the_image_half_once_per_embedding(exported) -> None:
 def test_split_files_from_another_export_are_ignored(exported, tmp_path: Path, stale) -> None:
     import shutil
 
-    from engine.export import _add_metadata, read_metadata, split_decoder_paths
+    from engine.onnx_format import read_metadata, split_decoder_paths, write_metadata
 
     for path in (
         exported["encoder"],
@@ -438,7 +437,7 @@ def test_split_files_from_another_export_are_ignored(exported, tmp_path: Path, s
         shutil.copy(path, tmp_path / path.name)
     image_path, _ = split_decoder_paths(tmp_path / exported["decoder"].name)
     meta = read_metadata(image_path)
-    _add_metadata(image_path, {**meta, **stale})
+    write_metadata(image_path, {**meta, **stale})
     backend = OnnxRuntimeBackend(tmp_path / exported["encoder"].name, intra_op_num_threads=2)
     assert backend.info.details["split_decoder"] == "false"
     backend.close()

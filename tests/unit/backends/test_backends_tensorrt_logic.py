@@ -314,13 +314,13 @@ def test_layer_norm_onnx_is_refused_before_building_on_tensorrt_8_5(monkeypatch,
 
 @pytest.mark.parametrize("version,opset", [("8.5.2.2", 16), ("10.3.0", 17)])
 def test_export_for_tensorrt_picks_the_opset_its_parser_reads(monkeypatch, version, opset) -> None:  # noqa: ANN001
-    from engine import export
     from engine.backends import tensorrt_backend
+    from engine.export import __main__ as export_cli
 
     monkeypatch.setattr(
         tensorrt_backend, "_import_trt", lambda: SimpleNamespace(__version__=version)
     )
-    assert export._opset_for_tensorrt(17) == opset
+    assert export_cli._opset_for_tensorrt(17) == opset
 
 
 def test_opset_16_decoder_has_no_layer_norm_and_the_same_numbers(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine import EdgeSamPredictor
-from engine.distill.priors import GranularityPriors
+from engine.priors import GranularityPriors
 
 
 @pytest.fixture(scope="module")

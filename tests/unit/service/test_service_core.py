@@ -6,9 +6,9 @@ import pytest
 from service.config import Settings
 from service.core import BoundedExecutor, SegmentationService, validate_prompts
 from service.errors import InvalidPrompt, NotReady, Overloaded
-from service.fake_backend import FakeBackend
 from service.metrics import Metrics
 from service.schemas import SegmentRequest
+from tests.fake_backend import FakeBackend
 from tests.integration.conftest import png_bytes
 
 IMG = "a" * 64
@@ -160,20 +160,36 @@ def test_start_refuses_without_weights(monkeypatch: pytest.MonkeyPatch, tmp_path
 def test_load_backend_passes_the_resolved_runtime(
     monkeypatch: pytest.MonkeyPatch, extra: dict, expected: tuple
 ) -> None:
-    """`auto` reaches the loader resolved (here: no GPU, so ONNX Runtime on the CPU, or
+    """`auto` reaches the registry resolved (here: no GPU, so ONNX Runtime on the CPU, or
     PyTorch when a PyTorch-only option is on), and EDGESAM_TORCH_THREADS reaches whichever CPU
     runtime that is."""
     import torch
 
-    import engine.loader
+    import service.backend
 
     seen: list[tuple] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(
-        engine.loader,
-        "load_model",
-        lambda path, device, backend, precision, **options: seen.append((backend, device, options)),
+        service.backend,
+        "create_backend",
+        lambda args: seen.append((args.backend, args.device, dict(args.options))),
     )
     settings = Settings(grpc_port=0, torch_threads=1, **extra)
     SegmentationService(settings, random_weights=True)._load_backend()
     assert seen == [expected]
+
+
+def test_knobs_are_translated_for_the_backend_actually_chosen(tmp_path) -> None:  # noqa: ANN001
+    """An ONNX model asked of PyTorch runs in ONNX Runtime: EDGESAM_TORCH_THREADS becomes
+    ONNX Runtime's intra-op threads, not a PyTorch keyword ONNX Runtime would refuse."""
+    from service.backend import backend_args
+
+    model = tmp_path / "m_encoder.onnx"
+    model.write_bytes(b"")
+    settings = Settings(grpc_port=0, backend="torch", device="cpu", torch_threads=2)
+    args = backend_args(settings, model)
+    assert (args.backend, dict(args.options), args.chosen_by_auto) == (
+        "onnxruntime",
+        {"intra_op_num_threads": 2},
+        False,
+    )
