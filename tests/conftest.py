@@ -1,4 +1,4 @@
-"""Shared fixtures: repository and reference paths, a real Redis with a per-test key prefix,
+"""Shared fixtures: repository path, the reference data (tests/reference, built once per session), a real Redis with a per-test key prefix,
 free ports, throwaway redis-server processes, and a uvicorn server in a thread.
 
 Redis: EDGESAM_TEST_REDIS_URL, default redis://127.0.0.1:6379/0 (.ci/run starts one). Tests
@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = (REPO_ROOT / ".." / "shared" / "reference").resolve()
+# The shared copy of the reference data some checkouts have beside them: an extra check only.
+SHARED_REFERENCE_DIR = (REPO_ROOT / ".." / "shared" / "reference").resolve()
 TEST_REDIS_URL = os.environ.get("EDGESAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -38,10 +39,20 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def reference_dir() -> Path:
-    if not REFERENCE_DIR.is_dir():
-        pytest.fail(f"reference data not found at {REFERENCE_DIR} (the repo's sibling ../shared)")
-    return REFERENCE_DIR
+def reference_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The golden reference folder (case A with its seeded weights, the official ONNX pair, SAM's
+    tiny ViT), built from tests/reference/data once per session (tests/reference/materialize.py)."""
+    from tests.reference.materialize import materialize
+
+    return materialize(tmp_path_factory.mktemp("reference"))
+
+
+@pytest.fixture(scope="session")
+def shared_reference_dir() -> Path:
+    """../shared/reference where the checkout has one (compared in addition, never instead)."""
+    if not SHARED_REFERENCE_DIR.is_dir():
+        pytest.skip(f"no shared reference copy at {SHARED_REFERENCE_DIR}")
+    return SHARED_REFERENCE_DIR
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,6 @@ from pycocotools import mask as mask_utils
 
 from tests.integration.browser_util import (
     ARTIFACTS,
-    REPO,
     ServiceProcess,
     chromium_browser,
     data_url_to_mask,
@@ -35,7 +34,6 @@ from tests.integration.browser_util import (
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
-CASE_A = REPO.parent / "shared" / "reference" / "case_a"
 CHROMIUM = find_chromium()
 WAIT_MS = 60_000
 
@@ -47,8 +45,6 @@ def _skip_reason() -> str | None:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         return "the playwright Python package is not installed (pip install -e '.[dev]')"
-    if not (CASE_A / "golden.npz").is_file() or not (CASE_A / "weights.safetensors").is_file():
-        return f"reference case A not found at {CASE_A}"
     return None
 
 
@@ -62,8 +58,8 @@ if SKIP_REASON:
 
 
 @pytest.fixture(scope="module")
-def golden() -> dict[str, np.ndarray]:
-    with np.load(CASE_A / "golden.npz") as data:
+def golden(reference_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(reference_dir / "case_a" / "golden.npz") as data:
         return {k: data[k] for k in ("image", "p1_point_coords", "p1_masks", "p3_box", "p3_masks")}
 
 
@@ -75,9 +71,10 @@ def image_png(golden: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="module")
-def service() -> Iterator[ServiceProcess]:
+def service(reference_dir: Path) -> Iterator[ServiceProcess]:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with service_process(CASE_A / "weights.safetensors", ARTIFACTS / "service.log") as proc:
+    weights = reference_dir / "case_a" / "weights.safetensors"
+    with service_process(weights, ARTIFACTS / "service.log") as proc:
         yield proc
 
 

@@ -1,4 +1,4 @@
-"""Golden masks of ../shared/reference/case_a through gRPC Embed then Segment (and through
+"""Golden masks of reference case A (tests/reference) through gRPC Embed then Segment (and through
 an interactive session) equal those through HTTP, and the official implementation's."""
 
 from __future__ import annotations
@@ -11,34 +11,29 @@ import pytest
 from edgesam_client import connect
 from edgesam_client.grpc_stubs import segmentation_pb2 as pb
 from edgesam_client.rle import decode as rle_decode
-from tests.conftest import REFERENCE_DIR
 from tests.integration import grpc_util
 from tests.integration.conftest import png_bytes
 from tests.integration.grpc_util import BothTransports
 
 start_grpc_service = grpc_util.start_grpc_service  # the fixture
 
-CASE_A = REFERENCE_DIR / "case_a"
 CALLS = ("p1", "p2", "p3", "p4")
 
 
 @pytest.fixture(scope="module")
-def golden() -> dict[str, np.ndarray]:
-    path = CASE_A / "golden.npz"
-    if not path.is_file():
-        pytest.fail(f"reference data not found at {path}")
-    with np.load(path) as data:
+def golden(reference_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(reference_dir / "case_a" / "golden.npz") as data:
         return {k: data[k] for k in data.files if k == "image" or k.startswith(CALLS)}
 
 
 @pytest.fixture(scope="module")
-def case_a_backend():  # noqa: ANN201
+def case_a_backend(reference_dir: Path):  # noqa: ANN201
     import torch
 
     from engine.loader import load_model
 
     torch.set_num_threads(2)
-    return load_model(Path(CASE_A / "weights.safetensors"))
+    return load_model(reference_dir / "case_a" / "weights.safetensors")
 
 
 def prompt(golden: dict[str, np.ndarray], name: str) -> dict:

@@ -1,4 +1,4 @@
-"""Golden masks of ../shared/reference/case_a through embed -> segment over HTTP, with the
+"""Golden masks of reference case A (tests/reference) through embed -> segment over HTTP, with the
 real model; and the same answers from a second service instance that only shares Redis."""
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
-CASE_A_WEIGHTS = REPO.parent / "shared" / "reference" / "case_a" / "weights.safetensors"
 
 
 def triton_major() -> int:
@@ -168,8 +167,8 @@ def test_kernel_with_depthwise_conv_and_gate_matches_the_unfused_block() -> None
         assert diff <= tolerance, (key, diff, scale)
 
 
-@pytest.mark.skipif(not CASE_A_WEIGHTS.is_file(), reason=f"no weights at {CASE_A_WEIGHTS}")
-def test_backend_with_triton_mixers_encodes_like_the_plain_backend() -> None:
+def test_backend_with_triton_mixers_encodes_like_the_plain_backend(reference_dir: Path) -> None:
+    weights = reference_dir / "case_a" / "weights.safetensors"
     result = run_python(
         f"""
         from engine import build_edge_sam
@@ -177,7 +176,7 @@ def test_backend_with_triton_mixers_encodes_like_the_plain_backend() -> None:
         from engine.triton_mixer import TritonChannelMixer, use_triton_channel_mixers
 
         torch.manual_seed(0)
-        model = build_edge_sam({str(CASE_A_WEIGHTS)!r})
+        model = build_edge_sam({str(weights)!r})
         plain = TorchBackend(model, "cpu", fingerprint="t")
         mixed = TorchBackend(model, "cpu", fingerprint="t", triton_mixer=True)
         swapped = sum(isinstance(m, TritonChannelMixer) for m in mixed._encoder.modules())

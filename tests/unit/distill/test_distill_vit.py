@@ -20,21 +20,17 @@ from engine.distill.vit import (
     read_manifest,
 )
 
-REF = Path("/work/shared/reference")
-needs_ref = pytest.mark.skipif(not REF.is_dir(), reason="reference data not available")
 
-
-def _tiny_weights() -> dict[str, torch.Tensor]:
+def _tiny_weights(ref: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return {
-        k: v.float() for k, v in load_file(str(REF / "sam_vit_tiny/weights.safetensors")).items()
+        k: v.float() for k, v in load_file(str(ref / "sam_vit_tiny/weights.safetensors")).items()
     }
 
 
-@needs_ref
-def test_tiny_vit_reproduces_golden_within_1e4(tmp_path: Path) -> None:
-    case = json.loads((REF / "sam_vit_tiny/case.json").read_text())
+def test_tiny_vit_reproduces_golden_within_1e4(tmp_path: Path, reference_dir: Path) -> None:
+    case = json.loads((reference_dir / "sam_vit_tiny/case.json").read_text())
     kwargs = case["config"]["kwargs"]
     cfg = VIT_CONFIGS["vit_tiny"]
     assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.window_size) == (
@@ -46,20 +42,25 @@ def test_tiny_vit_reproduces_golden_within_1e4(tmp_path: Path) -> None:
     assert list(cfg.global_attn_indexes) == kwargs["global_attn_indexes"]
     # Loaded through the teacher loader from a full-SAM-style file (image_encoder.* prefix).
     path = tmp_path / "sam_tiny.pth"
-    torch.save({f"image_encoder.{k}": v for k, v in _tiny_weights().items()}, str(path))
+    torch.save(
+        {f"image_encoder.{k}": v for k, v in _tiny_weights(reference_dir).items()}, str(path)
+    )
     model = load_teacher(path, "vit_tiny")
-    golden = np.load(REF / "sam_vit_tiny/golden.npz")
-    x = torch.from_numpy(np.load(REF / "case_a/golden.npz")["input_tensor"])
+    golden = np.load(reference_dir / "sam_vit_tiny/golden.npz")
+    x = torch.from_numpy(np.load(reference_dir / "case_a/golden.npz")["input_tensor"])
     with torch.no_grad():
         out = model(x)
         tokens = model.forward_tokens(x)
     ref = torch.from_numpy(golden["image_embedding"])
     assert out.shape == (1, 256, 64, 64)
-    assert (out - ref).abs().max().item() < 1e-4
-    # Intermediates are stored as fp16: compare after rounding ours the same way.
+    # The reference keeps the first channels only (the neck mixes all of them; case.json).
+    assert ref.shape[1] >= 64
+    assert (out[:, : ref.shape[1]] - ref).abs().max().item() < 1e-4
+    # Intermediates are stored as fp16 (channels last, the first ones): compare after rounding
+    # ours the same way.
     for name, i in (("patch_embed", 0), ("block0_out", 1), ("block1_out", 2), ("block3_out", 4)):
-        ours = tokens[i].half().float()
         theirs = torch.from_numpy(golden[name]).float()
+        ours = tokens[i][..., : theirs.shape[-1]].half().float()
         torch.testing.assert_close(ours, theirs, rtol=2e-3, atol=5e-3)
 
 
@@ -73,11 +74,10 @@ class _SamShell(nn.Module):
         self.mask_decoder = make_mask_decoder()
 
 
-@needs_ref
 @pytest.mark.parametrize("variant", ["vit_b", "vit_l", "vit_h"])
-def test_official_sam_layout_loads_strictly_on_meta(variant: str) -> None:
-    manifest = read_manifest(REF / "sam_vit_manifests.json", variant)
-    info = json.loads((REF / "sam_vit_manifests.json").read_text())["variants"][variant]
+def test_official_sam_layout_loads_strictly_on_meta(variant: str, reference_dir: Path) -> None:
+    manifest = read_manifest(reference_dir / "sam_vit_manifests.json", variant)
+    info = json.loads((reference_dir / "sam_vit_manifests.json").read_text())["variants"][variant]
     with torch.device("meta"):
         model = _SamShell(variant)
         state = {k: torch.empty(shape) for k, shape in manifest}

@@ -8,24 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-REFERENCE = Path(__file__).resolve().parents[3].parent / "shared" / "reference"
-CASE_A = REFERENCE / "case_a"
-
 
 @pytest.fixture(scope="session")
-def golden() -> dict[str, np.ndarray]:
-    if not (CASE_A / "golden.npz").is_file():
-        pytest.skip(f"reference data not found at {CASE_A}")
-    with np.load(CASE_A / "golden.npz") as data:
+def golden(reference_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(reference_dir / "case_a" / "golden.npz") as data:
         return {k: data[k] for k in data.files}
 
 
 @pytest.fixture(scope="session")
-def case_a_weights() -> Path:
-    path = CASE_A / "weights.safetensors"
-    if not path.is_file():
-        pytest.skip(f"reference weights not found at {path}")
-    return path
+def case_a_weights(reference_dir: Path) -> Path:
+    return reference_dir / "case_a" / "weights.safetensors"
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ whose right answer is known.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,9 +36,6 @@ from engine.backends.torch_backend import TorchBackend
 from engine.compat import zip_strict
 from engine.core import ImageEmbedding, encode_images
 
-CASE_JSON = (
-    Path(__file__).resolve().parents[3].parent / "shared" / "reference" / "case_a" / "case.json"
-)
 RUNS = ["amg", "amgall", "amgthr", "amgdef"]
 
 
@@ -128,11 +124,15 @@ class ColourBackend(Backend):
 
 
 @pytest.fixture(scope="module")
-def case_a(case_a_model, golden) -> tuple[MemoBackend, ImageEmbedding, dict]:
+def case_a(case_a_model, golden, reference_dir) -> tuple[MemoBackend, ImageEmbedding, dict]:
     torch.set_num_threads(2)
     backend = MemoBackend(TorchBackend(case_a_model))
     embedding = encode_images(backend, [golden["image"]])[0]  # encoded once for the module
-    return backend, embedding, json.loads(CASE_JSON.read_text())["amg"]["runs"]
+    return (
+        backend,
+        embedding,
+        json.loads((reference_dir / "case_a" / "case.json").read_text())["amg"]["runs"],
+    )
 
 
 def assert_matches_reference(records: list[dict], golden: dict, tag: str, expected_count: int):

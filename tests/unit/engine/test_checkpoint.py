@@ -36,11 +36,10 @@ def test_pth_and_safetensors_load_to_the_same_weights(pth, case_a_weights):
     assert b["image_encoder.neck.0.weight"].dtype == torch.float32  # fp16 file cast up
 
 
-def test_manifest_layout(case_a_model):
+def test_manifest_layout(case_a_model, reference_dir):
     import json
 
-    manifest = Path(__file__).resolve().parents[3].parent / "shared" / "reference"
-    manifest = manifest / "edge_sam_state_dict_manifest.json"
+    manifest = reference_dir / "edge_sam_state_dict_manifest.json"
     entries = json.loads(manifest.read_text())["state_dict"]
     ours = {k: tuple(v.shape) for k, v in case_a_model.state_dict().items()}
     assert ours == {e["key"]: tuple(e["shape"]) for e in entries}
