@@ -10,7 +10,21 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-CASE_A = REPO.parent / "shared" / "reference" / "case_a"
+
+
+def reference_dir() -> Path:
+    """../shared/reference where the checkout has one, else the repository's own reference
+    data (tests/reference), built once into .cache/reference: seeded weights and the
+    official outputs, the same case A either way."""
+    shared = REPO.parent / "shared" / "reference"
+    if shared.is_dir():
+        return shared
+    built = REPO / ".cache" / "reference"
+    if not (built / "case_a" / "weights.safetensors").is_file():
+        from tests.reference.materialize import materialize
+
+        materialize(built)
+    return built
 
 
 def pct(values: list[float], q: float) -> float:
@@ -19,22 +33,18 @@ def pct(values: list[float], q: float) -> float:
 
 
 def checkpoint(arg: str | None) -> Path | None:
-    """--checkpoint, else EDGESAM_CHECKPOINT, else case A's weights when present."""
+    """--checkpoint, else EDGESAM_CHECKPOINT, else case A's weights."""
     if arg:
         return Path(arg)
     if os.environ.get("EDGESAM_CHECKPOINT"):
         return Path(os.environ["EDGESAM_CHECKPOINT"])
-    ref = CASE_A / "weights.safetensors"
-    return ref if ref.is_file() else None
+    return reference_dir() / "case_a" / "weights.safetensors"
 
 
 def load_image() -> np.ndarray:
-    """Case A's photo when present, else a fixed random 768x1024 image."""
-    ref = CASE_A / "golden.npz"
-    if ref.is_file():
-        with np.load(ref) as z:
-            return z["image"]
-    return np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
+    """Case A's photo (512x512)."""
+    with np.load(reference_dir() / "case_a" / "golden.npz") as z:
+        return z["image"]
 
 
 def free_port() -> int:

@@ -5,7 +5,7 @@ the same server process (`python -m service`, HTTP and gRPC in one process).
     .venv/bin/python bench/grpc.py [--checkpoint PATH] [--requests N] [--clicks N]
     .venv/bin/python bench/grpc.py --http http://host:8000 --grpc grpc://host:50051
 
-Weights: --checkpoint, else EDGESAM_CHECKPOINT, else ../shared/reference/case_a (random
+Weights: --checkpoint, else EDGESAM_CHECKPOINT, else case A (../shared/reference, or the repository's own reference data) (random
 seeded weights: realistic compute, meaningless masks). Each client is its own connection
 (client library, one thread each). A gRPC session click is one stream message each way with
 the embedding and previous logits held by the server; an HTTP "session" click is a unary

@@ -6,7 +6,7 @@ the downloaded SAM-signature decoder (ONNX Runtime in this process, 1 thread; an
     .venv/bin/python bench/local_decode.py [--checkpoint PATH] [--clicks N] [--browser]
 
 Starts `python -m service` (the default configuration for this machine) with --checkpoint,
-else EDGESAM_CHECKPOINT, else ../shared/reference/case_a. Prints medians; asserts nothing.
+else EDGESAM_CHECKPOINT, else case A (../shared/reference, or the repository's own reference data). Prints medians; asserts nothing.
 """
 
 from __future__ import annotations

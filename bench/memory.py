@@ -5,7 +5,7 @@ each setting costs. One fresh process per setting; loopback only; bounded in ima
     .venv/bin/python bench/memory.py [--batches 1,2,4,8] [--clients 24] [--images 48]
         [--backend auto] [--checkpoint PATH]
 
-Weights: --checkpoint, else EDGESAM_CHECKPOINT, else ../shared/reference/case_a. Prints a
+Weights: --checkpoint, else EDGESAM_CHECKPOINT, else case A (../shared/reference, or the repository's own reference data). Prints a
 table (figures for docs/reliability.md); asserts nothing.
 """
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench._common import reference_dir
 from engine import EdgeSamPredictor, build_edge_sam
 from engine.backends.torch_backend import TorchBackend
 from engine.modeling import EdgeSam
@@ -26,7 +27,6 @@ from engine.modeling.transformer import Attention
 from engine.runtime import tune_allocator
 from engine.transforms import postprocess_masks_reference, preprocess_image
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "case_a"
 # The official implementation on this 2-core machine with 2 threads (issue 2).
 OFFICIAL_MS = {
     "set_image": 785.0,
@@ -101,8 +101,9 @@ class EagerBaseline:
 
 
 def main() -> None:
+    reference = reference_dir() / "case_a"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=str(REFERENCE / "weights.safetensors"))
+    parser.add_argument("--checkpoint", default=str(reference / "weights.safetensors"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--everything-runs", type=int, default=3)
@@ -117,8 +118,8 @@ def main() -> None:
 
     ckpt = Path(args.checkpoint)
     model = build_edge_sam(ckpt if ckpt.is_file() else None)
-    if (REFERENCE / "golden.npz").is_file():
-        image = np.load(REFERENCE / "golden.npz")["image"]  # 512x512 photo
+    if (reference / "golden.npz").is_file():
+        image = np.load(reference / "golden.npz")["image"]  # 512x512 photo
     else:
         image = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
     point = np.array([[225.0, 110.0]])

@@ -3,7 +3,7 @@ cached, beside the in-process decode of the same prompt in the same run.
 
     .venv/bin/python bench/service.py [--checkpoint PATH] [--redis-url URL] [--requests N]
 
-Weights: --checkpoint, else EDGESAM_CHECKPOINT, else ../shared/reference/case_a (random
+Weights: --checkpoint, else EDGESAM_CHECKPOINT, else case A (../shared/reference, or the repository's own reference data) (random
 seeded weights: realistic compute, meaningless masks), else random weights. Prints figures;
 asserts nothing (the target is HTTP p50 <= 1.15 x in-process decode p50).
 """
