@@ -15,7 +15,8 @@ image; the answer is a BrushLabels region in Label Studio's brush RLE and/or Pol
 regions (one per part; Label Studio polygons have no holes), whichever the label config has.
 
 Task images: paths on the Label Studio server (/data/upload/..., /data/local-files/...) are
-fetched from LABEL_STUDIO_URL with LABEL_STUDIO_API_KEY; any other http(s) URL is handed to
+fetched from LABEL_STUDIO_URL with LABEL_STUDIO_API_KEY (a legacy token, or a personal access
+token exchanged for an access token at /api/token/refresh/); any other http(s) URL is handed to
 the EdgeSAM service as {"url": ...} (fetched there only where EDGESAM_URL_ALLOWLIST lets it),
 never fetched here. The image is uploaded to EdgeSAM only when its embedding is not cached.
 
@@ -160,11 +161,26 @@ def create_app(
         headers={"X-API-Key": edgesam_api_key} if edgesam_api_key else {},
     )
     ls_base = (label_studio_url or "").rstrip("/")
-    ls = httpx.AsyncClient(
-        timeout=TIMEOUT_S,
-        headers={"Authorization": f"Token {label_studio_api_key}"} if label_studio_api_key else {},
-        follow_redirects=False,
-    )
+    ls = httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False)
+    # A personal access token (a JWT: three dot-separated parts) is a refresh token: Label
+    # Studio wants "Bearer <access>" from POST /api/token/refresh/; a legacy token goes as
+    # "Token <key>".
+    is_pat = bool(label_studio_api_key) and str(label_studio_api_key).count(".") == 2
+    access: dict[str, str] = {}
+
+    async def ls_auth(renew: bool = False) -> dict[str, str]:
+        if not label_studio_api_key:
+            return {}
+        if not is_pat:
+            return {"Authorization": f"Token {label_studio_api_key}"}
+        if renew or "token" not in access:
+            res = await ls.post(
+                f"{ls_base}/api/token/refresh/", json={"refresh": label_studio_api_key}
+            )
+            if res.status_code != 200:
+                raise BackendError(f"Label Studio refused the access token: HTTP {res.status_code}")
+            access["token"] = str(res.json()["access"])
+        return {"Authorization": f"Bearer {access['token']}"}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -194,15 +210,21 @@ def create_app(
         return str(res.json()["image_id"])
 
     async def fetch_from_label_studio(url: str) -> bytes:
-        async with ls.stream("GET", url) as res:
-            if res.status_code != 200:
-                raise BackendError(f"Label Studio answered HTTP {res.status_code} for the image")
-            data = bytearray()
-            async for chunk in res.aiter_bytes():
-                data.extend(chunk)
-                if len(data) > MAX_IMAGE_BYTES:
-                    raise BackendError("the task image is too large")
-            return bytes(data)
+        for attempt in range(2):  # a second time with a fresh access token after a 401
+            async with ls.stream("GET", url, headers=await ls_auth(renew=attempt > 0)) as res:
+                if res.status_code == 401 and is_pat and attempt == 0:
+                    continue
+                if res.status_code != 200:
+                    raise BackendError(
+                        f"Label Studio answered HTTP {res.status_code} for the image"
+                    )
+                data = bytearray()
+                async for chunk in res.aiter_bytes():
+                    data.extend(chunk)
+                    if len(data) > MAX_IMAGE_BYTES:
+                        raise BackendError("the task image is too large")
+                return bytes(data)
+        raise BackendError("Label Studio refused the access token")
 
     async def embed_bytes(data: bytes) -> str:
         image_id = hashlib.sha256(data).hexdigest()

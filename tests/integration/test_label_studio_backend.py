@@ -13,6 +13,7 @@ converter/brush.py (encode_rle / decode_rle / mask_to_rle: RGBA repeated, wordsi
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -97,11 +98,27 @@ def test_coco_rle_decode_matches_pycocotools() -> None:
     )
 
 
+PAT = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.c2lnbmF0dXJl"  # a JWT's shape
+ACCESS = "access-token-xyz"
+
+
 class FakeLabelStudio(BaseHTTPRequestHandler):
-    """Label Studio's /data/upload/... file server: needs 'Authorization: Token <key>'."""
+    """Label Studio's /data/upload/... file server: needs 'Authorization: Token <legacy key>'
+    or 'Bearer <access>' (from POST /api/token/refresh/ {"refresh": <personal token>})."""
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length", "0"))
+        body = json.loads(self.rfile.read(length) or b"{}")
+        ok = self.path == "/api/token/refresh/" and body.get("refresh") == PAT
+        answer = json.dumps({"access": ACCESS}).encode() if ok else b"{}"
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
 
     def do_GET(self) -> None:  # noqa: N802
-        if self.headers.get("Authorization") != f"Token {TOKEN}":
+        if self.headers.get("Authorization") not in (f"Token {TOKEN}", f"Bearer {ACCESS}"):
             self.send_response(401)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -239,3 +256,16 @@ def test_label_studio_token_is_needed_and_bad_configs_refused(backend) -> None: 
         f"{url}/setup", json={"project": "1.1", "schema": "<View><Text name='t'/></View>"}
     )
     assert bad.status_code == 400
+
+
+def test_personal_access_token_is_exchanged(backend) -> None:  # type: ignore[no-untyped-def]
+    _, url = backend(token=PAT)
+    task = {"id": 1, "data": {"image": "/data/upload/1/image.png"}}
+    body = {
+        "tasks": [task],
+        "label_config": CONFIG,
+        "params": {"context": {"result": [click(50, 50)]}},
+    }
+    res = httpx.post(f"{url}/predict", json=body, timeout=60)
+    assert res.status_code == 200, res.text
+    assert res.json()["results"][0]["result"]
