@@ -26,6 +26,8 @@ ARG L4T_RUNTIME_BASE=${L4T_BASE}
 
 # --------------------------------------------------------------------------------------------
 # Build stages: each produces /opt/venv with the service installed and nothing else.
+# edgesam-client (the gRPC stubs and the client, a dependency of the service) is installed
+# from the checkout beside the service, never looked up on PyPI.
 # --------------------------------------------------------------------------------------------
 FROM ${PYTHON_BASE} AS build-python
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -44,13 +46,13 @@ FROM build-python AS build-cpu
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
-    && python deploy/docker/requirements.py pyproject.toml --exclude torch > /tmp/requirements.txt \
+    && python deploy/docker/requirements.py pyproject.toml --exclude torch \
+       --exclude edgesam-client > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 COPY engine ./engine
 COPY service ./service
-COPY client ./client
-COPY proto ./proto
-RUN pip install --no-deps .
+COPY clients/python ./clients/python
+RUN pip install --no-deps ./clients/python .
 
 FROM build-python AS build-cuda
 ARG TORCH_VERSION=2.13.0
@@ -58,13 +60,12 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
     && python deploy/docker/requirements.py pyproject.toml --extra tensorrt --exclude torch \
-       > /tmp/requirements.txt \
+       --exclude edgesam-client > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 COPY engine ./engine
 COPY service ./service
-COPY client ./client
-COPY proto ./proto
-RUN pip install --no-deps .
+COPY clients/python ./clients/python
+RUN pip install --no-deps ./clients/python .
 
 FROM ${L4T_BASE} AS build-jetson
 ARG JETSON_TORCH_WHEEL=""
@@ -98,13 +99,12 @@ RUN test -n "${JETSON_TORCH_WHEEL}" \
 RUN python -c "import tensorrt; print('tensorrt', tensorrt.__version__)" \
     && pip install "tomli==2.2.1" \
     && python deploy/docker/requirements.py pyproject.toml --exclude torch --exclude tensorrt \
-       > /tmp/requirements.txt \
+       --exclude edgesam-client > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 COPY engine ./engine
 COPY service ./service
-COPY client ./client
-COPY proto ./proto
-RUN pip install --no-deps .
+COPY clients/python ./clients/python
+RUN pip install --no-deps ./clients/python .
 
 # --------------------------------------------------------------------------------------------
 # Runtime stages: the base, the venv, a non-root user. No compilers, no weights.

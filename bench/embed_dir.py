@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import checkpoint, load_image  # noqa: E402
-from client import cli, connect  # noqa: E402
+from edgesam_client import cli, connect  # noqa: E402
 from service import codecs  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.core import SegmentationService  # noqa: E402

@@ -32,10 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 # this file is bench/grpc.py: keep bench/ off the path so `import grpc` finds grpcio
 sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "clients" / "python"))  # edgesam_client, where not installed
 
 from bench._common import checkpoint, free_port, load_image, pct  # noqa: E402
-from client import SyncClient, connect  # noqa: E402
-from client._common import image_bytes  # noqa: E402
+from edgesam_client import SyncClient, connect  # noqa: E402
+from edgesam_client._common import image_bytes  # noqa: E402
 
 
 def start_server(ckpt: Path | None, redis_url: str | None, log: Path, fake: bool) -> tuple:

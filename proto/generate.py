@@ -1,7 +1,11 @@
-"""Regenerate the Python stubs of every `.proto` under proto/ (committed beside them).
+"""Regenerate the Python stubs of every `.proto` under proto/ (committed in the client).
 
-    python -m proto.generate            # rewrite proto/edgesam/v1/*_pb2*.py(i)
+    python -m proto.generate            # rewrite clients/python/edgesam_client/_proto/...
     python -m proto.generate --check    # exit 1 when the committed stubs are stale
+
+Run from a checkout (proto/ is in no wheel). The stubs go to the client package
+(clients/python/edgesam_client/_proto/edgesam/v1/*_pb2*.py(i)), which the server depends on;
+import them through `edgesam_client.grpc_stubs`.
 
 The committed stubs come from grpcio-tools 1.70 (protobuf 5.29 gencode, `grpcio>=1.70`): the
 newest that still runs on Python 3.8, whose stubs every runtime in pyproject.toml accepts
@@ -12,18 +16,21 @@ it ignores the version stamps and the few lines newer generators only write diff
 The `.proto` files are compiled with proto/ as the include root, so their descriptor names
 are the canonical `edgesam/v1/...` (what reflection shows and other languages import); the
 one import the gRPC plugin writes (`from edgesam.v1 import ...`) is made relative so the stubs
-import as `proto.edgesam.v1` from the repository and from an installed package alike.
+import as `edgesam_client._proto.edgesam.v1` wherever the package is.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import tempfile
 from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent
+# Where the committed stubs live: inside the client's import package, mirroring proto/.
+STUB_ROOT = PROTO_ROOT.parent / "clients" / "python" / "edgesam_client" / "_proto"
 PROTOS = ["edgesam/v1/segmentation.proto"]
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 # The generator the committed stubs must come from (see the module docstring).
@@ -109,7 +116,7 @@ def stale_files() -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         for fresh in generate(Path(tmp)):
             rel = fresh.relative_to(tmp)
-            committed = PROTO_ROOT / rel
+            committed = STUB_ROOT / rel
             if not committed.is_file() or normalise(committed.read_text()) != normalise(
                 fresh.read_text()
             ):
@@ -124,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = stale_files()
         for rel in stale:
-            print(f"stale: proto/{rel} (run python -m proto.generate)", file=sys.stderr)
+            where = Path(os.path.relpath(STUB_ROOT / rel, PROTO_ROOT.parent)).as_posix()
+            print(f"stale: {where} (run python -m proto.generate)", file=sys.stderr)
         return 1 if stale else 0
     found = generator_version()
     if found != STUB_GENERATOR:
@@ -136,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    for path in generate(PROTO_ROOT):
+    for path in generate(STUB_ROOT):
         print(path.relative_to(PROTO_ROOT.parent))
     return 0
 

@@ -47,8 +47,8 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     engine_cache_dir: Path = Field(default_factory=lambda: default_cache_root() / "engines")
     torch_threads: Optional[int] = Field(None, ge=1, le=256)
-    # PyTorch on CUDA: torch.compile (1.7x the eager fp16 encoder on an H100; each batch
-    # bucket compiles at start-up, 13-25 s each) and the Triton RepViT kernel (unmeasured).
+    # PyTorch on CUDA: torch.compile (each batch bucket compiles at start-up; speed-up and
+    # compile times in docs/performance.md) and the Triton RepViT kernel (speed unmeasured).
     torch_compile: bool = False
     torch_triton_mixer: bool = False
     priors_checkpoint: Optional[Path] = Field(

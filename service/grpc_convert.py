@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from proto.edgesam.v1 import segmentation_pb2 as pb
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
 from service.errors import InvalidRequest
 from service.schemas import (
     EmbedResult,

@@ -29,8 +29,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
-from proto.edgesam.v1 import segmentation_pb2 as pb
-from proto.edgesam.v1 import segmentation_pb2_grpc as pb_grpc
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
+from edgesam_client.grpc_stubs import segmentation_pb2_grpc as pb_grpc
 from service import roles
 from service.auth import api_key_matches
 from service.config import Settings

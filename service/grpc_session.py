@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
 from engine.core import ImageEmbedding
-from proto.edgesam.v1 import segmentation_pb2 as pb
 from service.core import SegmentationService
 from service.errors import InvalidRequest
 from service.grpc_convert import outputs_from_pb, segment_fields, segment_result_to_pb

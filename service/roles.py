@@ -23,8 +23,8 @@ from contextvars import ContextVar
 
 import grpc
 
-from proto.edgesam.v1 import segmentation_pb2 as pb
-from proto.edgesam.v1 import segmentation_pb2_grpc as pb_grpc
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
+from edgesam_client.grpc_stubs import segmentation_pb2_grpc as pb_grpc
 from service.config import Settings
 from service.core import SegmentationService
 from service.errors import EncoderUnavailable, ServiceError

@@ -63,8 +63,9 @@ if ! "$py" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2
   fi
 fi
 # The project with pyproject's Python 3.8 pins, the test runner and the stub generator.
-"$py" -m pip install -c "$constraints" -e . "pytest>=8,<9" "pytest-timeout>=2.3,<3" \
-  "grpcio-tools>=1.70,<1.71"
+# The client (edgesam-client, a dependency of the service) comes from the checkout too.
+"$py" -m pip install -c "$constraints" -e ./clients/python -e . "pytest>=8,<9" \
+  "pytest-timeout>=2.3,<3" "grpcio-tools>=1.70,<1.71"
 "$py" -m pip check
 "$py" -c 'import sys, torch, numpy, google.protobuf, grpc
 print("python", sys.version.split()[0], "torch", torch.__version__, "numpy", numpy.__version__,

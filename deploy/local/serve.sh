@@ -15,7 +15,7 @@ fi
 if ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
   .venv/bin/pip install -q "torch==2.13.0"
 fi
-.venv/bin/pip install -q -e .
+.venv/bin/pip install -q -e ./clients/python -e .  # the client: from the checkout, not PyPI
 
 if [ -z "${EDGESAM_CHECKPOINT:-}" ]; then
   if ! .venv/bin/python -m service.weights download "${EDGESAM_MODEL:-edge_sam}" --timeout 30; then

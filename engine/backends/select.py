@@ -2,7 +2,7 @@
 
 GPU: TensorRT where it imports and a GPU is present, else PyTorch on CUDA.
 CPU: the fastest CPU backend as measured by `bench/encoder.py` on the 2-core development
-machine (see README.md, "Backends, export and batching"): ONNX Runtime, then PyTorch.
+machine (figures in docs/performance.md, "CPU"): ONNX Runtime, then PyTorch.
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ import torch
 
 from engine.backends.base import BackendUnavailable
 
-# Order measured with bench/encoder.py (2 threads, case-A weights, each backend alone): ONNX
-# Runtime encoded in 248-276 ms against PyTorch's 272-276 ms and, with the split decoder,
-# predicted in 24.4 ms against 24.5 ms. Both halves stay in ONNX Runtime. A PyTorch decoder
-# beside ONNX Runtime's encoder once ran 45.7 ms (idle threads of each runtime slowing the
-# other); a later quiet run found it faster than ONNX Runtime's (14.6 against 20.6 ms), but
-# with another process busy on one of the two cores PyTorch degrades (decode 37 ms, 144 ms
-# worst; encode 722 ms against 340 ms) where ONNX Runtime does not (README, "Under load").
+# Order measured with bench/encoder.py (2 threads, case-A weights): ONNX Runtime encodes a
+# little faster and predicts as fast with its split decoder. Both halves stay in ONNX Runtime:
+# a PyTorch decoder beside its encoder was once slowed by the other runtime's idle threads and,
+# though faster on a quiet machine, degrades badly when another process is busy on a core
+# where ONNX Runtime does not (docs/performance.md, "CPU", "Click latency", "Under load").
 CPU_PREFERENCE: tuple[str, ...] = ("onnxruntime", "torch")
 
 

@@ -16,13 +16,12 @@ from engine.modeling.mask_decoder import mask_slice
 from engine.transforms import normalize_pixels
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# Prompts decoded together on a CPU (measured with everything mode, 16x16 points: groups of 4
-# took 9.7 s, 1: 12.2 s, 16: 12.6 s, 64: 15.7 s).
+# Prompts decoded together on a CPU: the fastest group size for everything mode
+# (docs/performance.md, "CPU").
 CPU_DECODE_CHUNK = 4
-# Inductor options for `compile=True` (torch.compile(options=...)). The defaults ({}) ran fp16
-# batch 32 at 2,327-2,382 img/s on an H200 and 1,938-2,011 on an H100 (about 1.7x eager), for
-# 13-25 s of compilation per batch bucket; freezing, conv_1x1_as_mm, CUDA graphs and
-# max-autotune were no faster (bench/gpu_compile.py, README "GPU figures").
+# Inductor options for `compile=True` (torch.compile(options=...)). The defaults ({}):
+# freezing, conv_1x1_as_mm, CUDA graphs and max-autotune were no faster (bench/gpu_compile.py;
+# figures in docs/performance.md, "GPU").
 DEFAULT_COMPILE_OPTIONS: dict[str, Any] = {}
 
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from proto.edgesam.v1 import segmentation_pb2_grpc as pb_grpc
+from edgesam_client.grpc_stubs import segmentation_pb2_grpc as pb_grpc
 from service.core import SegmentationService
 from service.fake_backend import FakeBackend
 from service.grpc_server import serve_grpc

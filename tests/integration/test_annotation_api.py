@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from proto.edgesam.v1 import segmentation_pb2 as pb
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
 from service import codecs
 from service.codecs import PolygonOptions
 from tests.integration import grpc_util

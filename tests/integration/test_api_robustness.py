@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
 from engine.backends.base import BackendError
-from proto.edgesam.v1 import segmentation_pb2 as pb
 from service.fake_backend import FakeBackend
 from service.schemas import EmbedResult, ErrorBody, EverythingResult, Readiness, SegmentResult
 from tests.conftest import delete_prefix

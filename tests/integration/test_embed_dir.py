@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from client import cli
+from edgesam_client import cli
 from service import codecs
 from tests.integration.conftest import png_bytes, test_image
 

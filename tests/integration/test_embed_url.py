@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import grpc
 import pytest
 
-from proto.edgesam.v1 import segmentation_pb2 as pb
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
 from service import codecs, url_fetch
 from service.url_fetch import Allowlist
 from tests.integration import grpc_util

@@ -17,8 +17,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
 from engine.compat import zip_strict
-from proto.edgesam.v1 import segmentation_pb2 as pb
 from service.fake_backend import FakeBackend
 from tests.conftest import wait_until
 from tests.integration import grpc_util

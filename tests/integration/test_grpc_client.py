@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client import EdgeSamError, RetryPolicy, connect, connect_async
-from client.cli import main as cli_main
-from client.grpc_transport import GrpcSession
+from edgesam_client import EdgeSamError, RetryPolicy, connect, connect_async
+from edgesam_client.cli import main as cli_main
+from edgesam_client.grpc_transport import GrpcSession
 from service.fake_backend import FakeBackend
 from tests.integration import grpc_util
 from tests.integration.conftest import png_bytes, test_image

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import connect
-from client.rle import decode as rle_decode
-from proto.edgesam.v1 import segmentation_pb2 as pb
+from edgesam_client import connect
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
+from edgesam_client.rle import decode as rle_decode
 from tests.conftest import REFERENCE_DIR
 from tests.integration import grpc_util
 from tests.integration.conftest import png_bytes

@@ -8,8 +8,8 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2
 
-from proto.edgesam.v1 import segmentation_pb2 as pb
-from proto.edgesam.v1 import segmentation_pb2_grpc as pb_grpc
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
+from edgesam_client.grpc_stubs import segmentation_pb2_grpc as pb_grpc
 from tests.conftest import wait_until
 from tests.integration import process_util
 from tests.integration.conftest import png_bytes, test_image

@@ -9,8 +9,8 @@ import grpc
 import httpx
 import pytest
 
-from proto.edgesam.v1 import segmentation_pb2 as pb
-from proto.edgesam.v1 import segmentation_pb2_grpc as pb_grpc
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
+from edgesam_client.grpc_stubs import segmentation_pb2_grpc as pb_grpc
 from service.core import SegmentationService
 from service.fake_backend import FakeBackend
 from service.http_app import create_app

@@ -1,4 +1,4 @@
-"""The code base stays ruff-clean (lint and format), as the README's standards say."""
+"""The code base stays ruff-clean (lint and format), as docs/development.md says."""
 
 from __future__ import annotations
 

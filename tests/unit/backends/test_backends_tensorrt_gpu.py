@@ -19,7 +19,8 @@ _REASON = (
 )
 needs_trt = pytest.mark.skipif(bool(_REASON), reason=f"TensorRT GPU test skipped: {_REASON}")
 
-# fp16 tolerance: to be recorded from a GPU run (README.md, "What was verified"); the masks must still agree.
+# fp16 tolerance: a placeholder until a GPU run measures it (docs/development.md, "What has
+# been verified, and where"); the masks must still agree.
 FP16_EMBED_TOL = 5e-2
 
 

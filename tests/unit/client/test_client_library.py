@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from client import EdgeSamError, EmbeddingNotFound, RetryPolicy, SyncClient
-from client import rle as rle_codec
-from client._common import ImageMemory, image_bytes, image_id_of, prompt_fields
-from client.errors import make_error
-from client.results import EmbedResult, SegmentResult
+from edgesam_client import EdgeSamError, EmbeddingNotFound, RetryPolicy, SyncClient
+from edgesam_client import rle as rle_codec
+from edgesam_client._common import ImageMemory, image_bytes, image_id_of, prompt_fields
+from edgesam_client.errors import make_error
+from edgesam_client.results import EmbedResult, SegmentResult
 from tests.conftest import REPO_ROOT
 
 
@@ -81,7 +81,7 @@ def overloaded() -> EdgeSamError:
 
 def test_retries_overload_only_and_boundedly(monkeypatch) -> None:  # noqa: ANN001
     slept: list[float] = []
-    monkeypatch.setattr("client._base.time.sleep", slept.append)
+    monkeypatch.setattr("edgesam_client._base.time.sleep", slept.append)
     t = FakeTransport({"segment": [overloaded(), overloaded(), OK]})
     assert t.segment("a" * 64, points=[[1, 1]]) is OK
     assert t.calls == ["segment"] * 3 and len(slept) == 2
@@ -171,7 +171,8 @@ def test_prompt_fields() -> None:
 
 def test_importing_the_client_never_imports_the_server() -> None:
     code = (
-        "import sys, client, client.cli, client.grpc_transport, client.http_transport;"
+        "import sys, edgesam_client, edgesam_client.cli, edgesam_client.grpc_transport,"
+        " edgesam_client.http_transport;"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'engine', 'service', 'cv2', 'pycocotools', 'fastapi'));"
         "print(bad); sys.exit(1 if bad else 0)"
@@ -183,8 +184,8 @@ def test_importing_the_client_never_imports_the_server() -> None:
 
 
 def test_use_priors_is_sent_only_when_turned_off() -> None:
-    from client._base import segment_fields
-    from client.grpc_transport import segment_message
+    from edgesam_client._base import segment_fields
+    from edgesam_client.grpc_transport import segment_message
 
     on = segment_fields("a" * 64, [[1, 2]], [1], None, None, 1, None, ("rle",))
     off = segment_fields("a" * 64, [[1, 2]], [1], None, None, 1, None, ("rle",), False)
@@ -198,7 +199,7 @@ def test_load_rgb_reads_images_as_the_server_does(tmp_path) -> None:  # noqa: AN
     """16-bit grey by its high byte and EXIF orientation applied, like service.codecs."""
     from PIL import Image
 
-    from client.cli import load_rgb
+    from edgesam_client.cli import load_rgb
     from service import codecs
 
     rng = np.random.default_rng(3)

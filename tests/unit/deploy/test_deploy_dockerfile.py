@@ -214,6 +214,23 @@ def test_copied_deploy_files_exist_and_are_not_ignored(parsed) -> None:
     assert (REPO / "deploy/jetson/build-engine.sh").stat().st_mode & 0o111
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_client_package_comes_from_the_checkout(parsed, target: str) -> None:
+    """edgesam-serve depends on edgesam-client (the gRPC stubs), which is no PyPI package:
+    the requirements leave it out and the build installs clients/python beside the service."""
+    _, stages = parsed
+    stage = next(s for s in stages if s.name == f"build-{target}")
+    runs = stage.runs()
+    assert runs.count("--exclude edgesam-client") == 1
+    assert re.search(r"pip install --no-deps \./clients/python \.(\s|$)", runs), runs
+    copied = [a.split()[0] for op, a in stage.instructions if op == "COPY"]
+    assert "clients/python" in copied
+    assert not {"client", "proto"} & set(copied), "no top-level client or proto package"
+    without = run_requirements("--exclude", "torch", "--exclude", "edgesam-client").stdout
+    assert "edgesam-client" in run_requirements("--exclude", "torch").stdout
+    assert without and "edgesam-client" not in without
+
+
 def applicable(lines: list[str], python: str) -> dict[str, Requirement]:
     """The requirements among `lines` whose markers hold on Python `python`, by name."""
     found: dict[str, Requirement] = {}

@@ -16,7 +16,7 @@ from deploy_checks import REPO
 
 # What runs inside the JetPack 5 image: the packages, the benchmark that build-engine.sh
 # starts, and the image's helper scripts.
-SOURCES = ("engine", "service", "client", "proto", "bench", "deploy/docker")
+SOURCES = ("engine", "service", "clients/python", "proto", "bench", "deploy/docker")
 
 
 def _is_python38(exe: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import re
 import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -18,8 +19,8 @@ else:  # pytest brings tomli before 3.11
     import tomli as tomllib
 
 import service.errors as errors
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
 from proto import generate
-from proto.edgesam.v1 import segmentation_pb2 as pb
 from service.errors import ERROR_TABLE, ServiceError
 from service.grpc_convert import (
     everything_request_from_pb,
@@ -38,18 +39,24 @@ def test_committed_stubs_are_not_stale() -> None:
     assert stale == [], f"regenerate with `python -m proto.generate`: {stale}"
 
 
-def test_staleness_check_notices_a_changed_stub(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_staleness_check_notices_a_changed_stub(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
     root = tmp_path / "proto"
     (root / "edgesam" / "v1").mkdir(parents=True)
     source = generate.PROTO_ROOT / "edgesam" / "v1" / "segmentation.proto"
     (root / "edgesam" / "v1" / "segmentation.proto").write_text(source.read_text())
+    stubs = tmp_path / "clients" / "python" / "edgesam_client" / "_proto"
     monkeypatch.setattr(generate, "PROTO_ROOT", root)
-    generate.generate(root)
+    monkeypatch.setattr(generate, "STUB_ROOT", stubs)
+    assert len(generate.stale_files()) == 3  # none written yet: all missing
+    generate.generate(stubs)
     assert generate.stale_files() == []
-    grpc_stub = root / "edgesam" / "v1" / "segmentation_pb2_grpc.py"
+    grpc_stub = stubs / "edgesam" / "v1" / "segmentation_pb2_grpc.py"
     grpc_stub.write_text(grpc_stub.read_text().replace("/Segment'", "/SegmentOld'"))
     assert generate.stale_files() == ["edgesam/v1/segmentation_pb2_grpc.py"]
     assert generate.main(["--check"]) == 1
+    assert "stale: clients/python/edgesam_client/_proto/edgesam/v1/segmentation_pb2_grpc.py" in (
+        capsys.readouterr().err
+    )
 
 
 def test_normalise_maps_generator_spellings_but_keeps_content() -> None:
@@ -81,23 +88,27 @@ def test_normalise_maps_generator_spellings_but_keeps_content() -> None:
 
 
 def _lower_bounds(distribution: str) -> list[Version]:
-    """The `>=` bound of every requirement on `distribution` in pyproject (all markers)."""
-    project = tomllib.loads((generate.PROTO_ROOT.parent / "pyproject.toml").read_text())
+    """The `>=` bound of every requirement on `distribution` in the server's and the
+    client's pyproject.toml (all markers): the client ships the stubs, the server loads them."""
+    repo = generate.PROTO_ROOT.parent
+    lines = []
+    for pyproject in (repo / "pyproject.toml", repo / "clients" / "python" / "pyproject.toml"):
+        lines += tomllib.loads(pyproject.read_text())["project"]["dependencies"]
     bounds = []
-    for line in project["project"]["dependencies"]:
+    for line in lines:
         req = Requirement(line)
         if req.name == distribution:
             lows = [Version(s.version) for s in req.specifier if s.operator == ">="]
             assert lows, f"{line!r} needs a lower bound"
             bounds.append(max(lows))
-    assert bounds, distribution
+    assert len(bounds) >= 2, distribution  # both distributions say
     return bounds
 
 
 def test_committed_stubs_load_on_every_pinned_runtime() -> None:
     """The runtimes refuse gencode newer than themselves: the stubs must come from the
     generator pinned for Python 3.8 and be no newer than any protobuf/grpcio lower bound."""
-    stub_dir = generate.PROTO_ROOT / "edgesam" / "v1"
+    stub_dir = generate.STUB_ROOT / "edgesam" / "v1"
     pb2 = (stub_dir / "segmentation_pb2.py").read_text()
     gencode = Version(re.search(r"^# Protobuf Python Version: (\S+)$", pb2, re.M).group(1))
     checked = re.search(r"Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),", pb2)
@@ -117,7 +128,16 @@ def test_writing_stubs_needs_the_pinned_generator(monkeypatch, capsys) -> None: 
 
 
 def test_stubs_import_relative_and_name_the_canonical_file() -> None:
-    from proto.edgesam.v1 import segmentation_pb2_grpc
+    from edgesam_client._proto.edgesam.v1 import segmentation_pb2_grpc
+    from edgesam_client.grpc_stubs import segmentation_pb2_grpc as public
+
+    assert public is segmentation_pb2_grpc
+    assert pb.__name__ == "edgesam_client._proto.edgesam.v1.segmentation_pb2"
+    stub_dir = generate.STUB_ROOT / "edgesam" / "v1"
+    assert stub_dir.parts[-6:-3] == ("clients", "python", "edgesam_client")
+    assert Path(segmentation_pb2_grpc.__file__).resolve().parent == stub_dir
+    # proto/ keeps the contract only
+    assert not [p for p in generate.PROTO_ROOT.rglob("*_pb2*") if "__pycache__" not in p.parts]
 
     assert pb.DESCRIPTOR.name == "edgesam/v1/segmentation.proto"
     assert pb.DESCRIPTOR.package == "edgesam.v1"

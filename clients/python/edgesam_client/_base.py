@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Sequence, TypeVar
 
-from client._common import (
+from edgesam_client._common import (
     ImageLike,
     ImageMemory,
     RetryPolicy,
@@ -17,8 +17,8 @@ from client._common import (
     is_image_id,
     prompt_fields,
 )
-from client.errors import EdgeSamError, EmbeddingNotFound
-from client.results import EmbedResult, EverythingResult, SegmentResult
+from edgesam_client.errors import EdgeSamError, EmbeddingNotFound
+from edgesam_client.results import EmbedResult, EverythingResult, SegmentResult
 
 T = TypeVar("T")
 Outputs = Sequence[str]

@@ -15,7 +15,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from client.errors import EdgeSamError
+from edgesam_client.errors import EdgeSamError
 
 # Aliases are evaluated at import: typing's forms, as Python 3.8 has no `X | Y` or `list[X]`.
 ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Any]

@@ -6,10 +6,10 @@ from typing import Any
 
 import httpx
 
-from client._base import AsyncClient, SyncClient
-from client._common import ImageMemory, RetryPolicy
-from client.errors import EdgeSamError, make_error
-from client.results import (
+from edgesam_client._base import AsyncClient, SyncClient
+from edgesam_client._common import ImageMemory, RetryPolicy
+from edgesam_client.errors import EdgeSamError, make_error
+from edgesam_client.results import (
     EmbedResult,
     EverythingResult,
     SegmentResult,

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from client import EdgeSamError, Mask, connect
+from edgesam_client import EdgeSamError, Mask, connect
 
 PALETTE = np.array(
     [

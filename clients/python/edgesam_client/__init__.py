@@ -1,6 +1,6 @@
 """EdgeSAM client library: HTTP and gRPC, sync and async, no torch.
 
-    from client import connect
+    from edgesam_client import connect
     with connect("grpc://localhost:50051") as es:          # or "http://localhost:8000"
         emb = es.embed("photo.jpg")
         res = es.segment(emb.image_id, points=[[320, 240]], labels=[1])
@@ -14,10 +14,10 @@ has its bytes); `overloaded` answers are retried with backoff; nothing else is r
 
 from __future__ import annotations
 
-from client._base import AsyncClient, AsyncSession, Session, SyncClient
-from client._common import ImageMemory, RetryPolicy
-from client.errors import EdgeSamError, EmbeddingNotFound, Overloaded, Unauthenticated
-from client.results import EmbedResult, EverythingResult, Mask, Rle, SegmentResult
+from edgesam_client._base import AsyncClient, AsyncSession, Session, SyncClient
+from edgesam_client._common import ImageMemory, RetryPolicy
+from edgesam_client.errors import EdgeSamError, EmbeddingNotFound, Overloaded, Unauthenticated
+from edgesam_client.results import EmbedResult, EverythingResult, Mask, Rle, SegmentResult
 
 __all__ = [
     "AsyncClient",
@@ -48,10 +48,10 @@ def connect(target: str, api_key: str | None = None, **options: object) -> SyncC
     """A blocking client: http(s)://host:port for HTTP, grpc://host:port (or any gRPC
     target such as dns:///host:50051) for gRPC."""
     if _is_grpc(target):
-        from client.grpc_transport import GrpcClient
+        from edgesam_client.grpc_transport import GrpcClient
 
         return GrpcClient(target, api_key=api_key, **options)  # type: ignore[arg-type]
-    from client.http_transport import HttpClient
+    from edgesam_client.http_transport import HttpClient
 
     return HttpClient(target, api_key=api_key, **options)  # type: ignore[arg-type]
 
@@ -59,9 +59,9 @@ def connect(target: str, api_key: str | None = None, **options: object) -> SyncC
 def connect_async(target: str, api_key: str | None = None, **options: object) -> AsyncClient:
     """The awaitable client for `target` (see connect)."""
     if _is_grpc(target):
-        from client.grpc_transport import AsyncGrpcClient
+        from edgesam_client.grpc_transport import AsyncGrpcClient
 
         return AsyncGrpcClient(target, api_key=api_key, **options)  # type: ignore[arg-type]
-    from client.http_transport import AsyncHttpClient
+    from edgesam_client.http_transport import AsyncHttpClient
 
     return AsyncHttpClient(target, api_key=api_key, **options)  # type: ignore[arg-type]

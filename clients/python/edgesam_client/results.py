@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from client import rle as rle_codec
+from edgesam_client import rle as rle_codec
 
 
 @dataclass(frozen=True)

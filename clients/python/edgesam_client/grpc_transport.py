@@ -10,10 +10,12 @@ from typing import Any
 
 import grpc
 
-from client._base import AsyncClient, AsyncSession, Outputs, Session, SyncClient
-from client._common import ImageLike, ImageMemory, RetryPolicy, image_bytes, is_image_id
-from client.errors import EdgeSamError, EmbeddingNotFound, make_error
-from client.results import (
+from edgesam_client._base import AsyncClient, AsyncSession, Outputs, Session, SyncClient
+from edgesam_client._common import ImageLike, ImageMemory, RetryPolicy, image_bytes, is_image_id
+from edgesam_client.errors import EdgeSamError, EmbeddingNotFound, make_error
+from edgesam_client.grpc_stubs import segmentation_pb2 as pb
+from edgesam_client.grpc_stubs import segmentation_pb2_grpc as pb_grpc
+from edgesam_client.results import (
     EmbedResult,
     EverythingResult,
     SegmentResult,
@@ -21,8 +23,6 @@ from client.results import (
     everything_from_pb,
     segment_from_pb,
 )
-from proto.edgesam.v1 import segmentation_pb2 as pb
-from proto.edgesam.v1 import segmentation_pb2_grpc as pb_grpc
 
 DEFAULT_TIMEOUT_S = 60.0
 MAX_RECEIVE_BYTES = 256 * 1024 * 1024
@@ -232,7 +232,7 @@ def _session_source(client: SyncClient | AsyncClient, image: ImageLike | str) ->
     embedded the bytes), else the bytes."""
     if is_image_id(image):
         return str(image).lower(), ""
-    from client._common import image_id_of
+    from edgesam_client._common import image_id_of
 
     data, content_type = image_bytes(image)
     image_id = image_id_of(data)
