@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -154,25 +155,133 @@ def mask_to_png_base64(mask: np.ndarray) -> str:
     return base64.b64encode(buf.tobytes()).decode()
 
 
-def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
-    """Outer contours of the mask, each flattened [x0, y0, x1, y1, ...] (3+ points)."""
-    contours, _ = cv2.findContours(
-        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+class PolygonOptions(NamedTuple):
+    """How masks become polygons (see docs/api.md, "Polygons").
+
+    tolerance: Douglas-Peucker tolerance in pixels (cv2.approxPolyDP); 0 keeps every corner
+    of the traced outline. min_area: parts (8-connected regions) and holes (4-connected
+    background enclosed by a part) of fewer pixels are dropped (a dropped hole is filled).
+    largest_only: keep the part with the most pixels only."""
+
+    tolerance: float = 0.0
+    min_area: int = 0
+    largest_only: bool = False
+
+
+DEFAULT_POLYGON_OPTIONS = PolygonOptions()
+
+
+def clean_mask(mask: np.ndarray, options: PolygonOptions) -> np.ndarray:
+    """The mask the polygons trace: small parts removed, small holes filled, or the largest
+    part only. Unchanged (the same array) when no option asks for anything."""
+    if options.min_area <= 0 and not options.largest_only:
+        return mask
+    out = mask.astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(out, connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = np.zeros(count, dtype=bool)
+    keep[1:] = areas >= max(options.min_area, 1)
+    if options.largest_only and areas.size:
+        largest = 1 + int(np.argmax(areas))
+        keep[:] = False
+        keep[largest] = areas[largest - 1] >= max(options.min_area, 1)
+    out = keep[labels].astype(np.uint8)
+    if options.min_area > 0:
+        # Holes: background regions (4-connected, the dual of 8-connected parts) that do not
+        # touch the image border.
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(1 - out, connectivity=4)
+        h, w = out.shape
+        x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+        bw, bh = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
+        inner = (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)
+        small = inner & (stats[:, cv2.CC_STAT_AREA] < options.min_area)
+        small[0] = False  # label 0 is the mask's own pixels
+        fill = small[labels] & (out == 0)
+        out[fill] = 1
+    return out.astype(bool)
+
+
+def _ring(contour: np.ndarray, tolerance: float) -> list[float] | None:
+    if tolerance > 0:
+        contour = cv2.approxPolyDP(contour, float(tolerance), True)
+    if len(contour) < 3:
+        return None
+    return [float(v) for v in contour.reshape(-1)]
+
+
+def mask_to_polygon_parts(
+    mask: np.ndarray, options: PolygonOptions = DEFAULT_POLYGON_OPTIONS
+) -> list[tuple[list[float], list[list[float]]]]:
+    """The mask as polygons with holes: one (exterior, [hole, ...]) per part, each ring
+    flattened [x0, y0, x1, y1, ...] (pixel centres of the outline, 3+ points), parts in
+    cv2.findContours order. A part inside another part's hole is a part of its own."""
+    cleaned = clean_mask(mask, options)
+    contours, hierarchy = cv2.findContours(
+        cleaned.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE
     )
-    out = []
-    for contour in contours:
-        if len(contour) >= 3:
-            out.append([float(v) for v in contour.reshape(-1)])
+    if hierarchy is None:
+        return []
+    tree = hierarchy[0]  # per contour: next, previous, first child, parent
+    parts = []
+    for i, contour in enumerate(contours):
+        if tree[i][3] != -1:
+            continue  # a hole: collected with its parent below
+        exterior = _ring(contour, options.tolerance)
+        if exterior is None:
+            continue
+        holes = []
+        child = int(tree[i][2])
+        while child != -1:
+            hole = _ring(contours[child], options.tolerance)
+            if hole is not None:
+                holes.append(hole)
+            child = int(tree[child][0])
+        parts.append((exterior, holes))
+    return parts
+
+
+def mask_to_polygons(
+    mask: np.ndarray, options: PolygonOptions = DEFAULT_POLYGON_OPTIONS
+) -> list[list[float]]:
+    """Outer contours of the mask, each flattened [x0, y0, x1, y1, ...] (3+ points)."""
+    return [exterior for exterior, _ in mask_to_polygon_parts(mask, options)]
+
+
+def polygon_parts_to_mask(
+    parts: list[tuple[list[float], list[list[float]]]], height: int, width: int
+) -> np.ndarray:
+    """Rasterise polygons with holes (the inverse of mask_to_polygon_parts up to the
+    simplification): exteriors filled, then holes cleared, outlines included."""
+    out = np.zeros((height, width), dtype=bool)
+    for exterior, holes in parts:  # each part on its own: an island may sit in a hole
+        part = np.zeros((height, width), dtype=np.uint8)
+        cv2.drawContours(part, [_int_ring(exterior)], -1, 1, thickness=cv2.FILLED)
+        for hole in holes:
+            # the hole ring runs along mask pixels: clear its inside, then redraw the ring
+            cv2.drawContours(part, [_int_ring(hole)], -1, 0, thickness=cv2.FILLED)
+            cv2.drawContours(part, [_int_ring(hole)], -1, 1, thickness=1)
+        out |= part.astype(bool)
     return out
 
 
-def encode_mask(mask: np.ndarray, formats: list[str] | tuple[str, ...]) -> dict:
-    """The requested encodings of one mask plus bbox and area."""
+def _int_ring(ring: list[float]) -> np.ndarray:
+    return np.asarray(ring, dtype=np.float64).reshape(-1, 1, 2).round().astype(np.int32)
+
+
+def encode_mask(
+    mask: np.ndarray,
+    formats: list[str] | tuple[str, ...],
+    polygon_options: PolygonOptions = DEFAULT_POLYGON_OPTIONS,
+) -> dict:
+    """The requested encodings of one mask plus bbox and area. Polygons come as `polygons`
+    (exterior rings) and `holes` (for each exterior, its hole rings)."""
     out: dict = {"bbox": mask_bbox(mask), "area": int(np.count_nonzero(mask))}
     if "rle" in formats:
         out["rle"] = mask_to_rle(mask)
     if "png" in formats:
         out["png"] = mask_to_png_base64(mask)
     if "polygons" in formats:
-        out["polygons"] = mask_to_polygons(mask)
+        parts = mask_to_polygon_parts(mask, polygon_options)
+        out["polygons"] = [exterior for exterior, _ in parts]
+        out["holes"] = [holes for _, holes in parts]
     return out

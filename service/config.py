@@ -123,6 +123,17 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_points: int = Field(64, ge=1, le=POINTS_CAP)
     max_boxes: int = Field(64, ge=1, le=BOXES_CAP)
+    # POST /v1/embed: multipart parts named "file" in one request (all within max_body_bytes)
+    embed_max_files: int = Field(64, ge=1, le=1024)
+
+    # Images by URL ({"url": ...} to /v1/embed): off while the allow-list is empty. Entries are
+    # host names ("images.example.com"), wildcards ("*.example.com"), IP addresses or networks
+    # ("10.0.0.0/8"); a private, loopback or otherwise non-global address is connected to only
+    # where an address entry lists it (service/url_fetch.py).
+    url_allowlist: Annotated[List[str], NoDecode] = Field(default_factory=list)
+    url_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    url_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    url_max_redirects: int = Field(3, ge=0, le=10)
 
     # Work queues (every one bounded)
     # unset: per device (encode_batch): a batch of 8 on a 2-core CPU peaked at 1.7 GB RSS
@@ -135,6 +146,13 @@ class Settings(BaseSettings):
     decode_max_queue: int = Field(64, ge=1, le=100_000)
     everything_max_concurrency: int = Field(1, ge=1, le=64)
     retry_after_seconds: int = Field(1, ge=1, le=3600)
+
+    @field_validator("url_allowlist", mode="before")
+    @classmethod
+    def _split_allowlist(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

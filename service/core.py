@@ -43,6 +43,7 @@ from service.errors import (
     BackendFailure,
     EmbeddingNotFound,
     EncoderUnavailable,
+    InvalidPrompt,
     MaskInputNotFound,
     NotReady,
     ServiceError,
@@ -60,6 +61,7 @@ from service.local_decode import (
     export_source,
 )
 from service.metrics import Metrics
+from service.multi_prompt import ObjectPrompts, decode_objects
 from service.prompts import validate_prompts
 from service.schemas import (
     ComponentStatus,
@@ -75,6 +77,7 @@ from service.schemas import (
     SegmentRequest,
     SegmentResult,
 )
+from service.url_fetch import fetch_image
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +295,38 @@ class SegmentationService:
             self._inflight.pop(flight, None)
         return self._embed_result(image_id, emb, False, cache.ttl)
 
+    async def embed_url(self, url: str) -> EmbedResult:
+        """An image fetched from an allow-listed URL (service.url_fetch), then `embed`. The
+        bytes are sniffed: the remote server's Content-Type is not trusted."""
+        self._require_started()
+        s = self.settings
+        data, _ = await fetch_image(
+            url, s.url_allowlist, s.url_max_bytes, s.url_timeout_seconds, s.url_max_redirects
+        )
+        return await self.embed(data, None)
+
+    async def embed_many(
+        self, images: list[tuple[bytes, str | None]]
+    ) -> list[EmbedResult | ServiceError]:
+        """Several images, one outcome each in order: a failed image (a ServiceError) does
+        not fail the others. A few at a time, so that the encoder batches them without one
+        request filling the bounded encode queue (which would refuse its own parts)."""
+        self._require_started()
+        s = self.settings
+        gate = asyncio.Semaphore(max(1, min(s.encode_max_batch, s.encode_max_queue // 2)))
+
+        async def one(data: bytes, content_type: str | None) -> EmbedResult:
+            async with gate:
+                return await self.embed(data, content_type)
+
+        outcomes = await asyncio.gather(
+            *(one(data, content_type) for data, content_type in images), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, ServiceError):
+                raise outcome  # a bug, not a bad image: the transports answer internal_error
+        return list(outcomes)  # type: ignore[arg-type]
+
     @staticmethod
     def _embed_result(image_id: str, emb: ImageEmbedding, cached: bool, ttl: int) -> EmbedResult:
         h, w = emb.original_size
@@ -306,25 +341,30 @@ class SegmentationService:
             )
         return hit[0]
 
+    async def _mask_input(self, cache: TensorCache, mask_id: str, image_id: str) -> torch.Tensor:
+        got = await cache.get_mask(mask_id)
+        if got is None:
+            raise MaskInputNotFound(
+                f"no stored mask for mask_input_id {mask_id} (unknown or expired)"
+            )
+        if got[1] and got[1] != image_id:
+            raise MaskInputNotFound(
+                f"mask_input_id {mask_id} is a mask of another image; refine "
+                "with a mask_input_id from an answer for this image_id"
+            )
+        return got[0]
+
     async def segment(self, req: SegmentRequest) -> SegmentResult:
         backend, cache = self._require_started()
         emb = await self._embedding(cache, req.image_id)
+        if req.prompts is not None:
+            return await self._segment_objects(backend, cache, emb, req)
         points, labels, boxes = validate_prompts(
             req, emb.original_size, self.settings.max_points, self.settings.max_boxes
         )
         mask_input = None
         if req.mask_input_id is not None:
-            got = await cache.get_mask(req.mask_input_id)
-            if got is None:
-                raise MaskInputNotFound(
-                    f"no stored mask for mask_input_id {req.mask_input_id} (unknown or expired)"
-                )
-            if got[1] and got[1] != req.image_id:
-                raise MaskInputNotFound(
-                    f"mask_input_id {req.mask_input_id} is a mask of another image; refine "
-                    "with a mask_input_id from an answer for this image_id"
-                )
-            mask_input = got[0]
+            mask_input = await self._mask_input(cache, req.mask_input_id, req.image_id)
         items, best = await self._decode.run(
             self._segment_sync, backend, emb, points, labels, boxes, mask_input, req
         )
@@ -340,6 +380,53 @@ class SegmentationService:
             height=h,
             masks=items,
             mask_input_id=mask_ids[0] if mask_ids else None,
+            mask_input_ids=mask_ids,
+        )
+
+    async def _segment_objects(
+        self, backend: Backend, cache: TensorCache, emb: ImageEmbedding, req: SegmentRequest
+    ) -> SegmentResult:
+        """`prompts`: each object its own points, box and mask input (service.multi_prompt)."""
+        prompts = req.prompts or []
+        if not prompts:
+            raise InvalidPrompt("prompts is empty: give at least one object")
+        if len(prompts) > self.settings.max_boxes:
+            raise InvalidPrompt(
+                f"{len(prompts)} prompts; at most {self.settings.max_boxes} are accepted"
+            )
+        objects = []
+        for i, prompt in enumerate(prompts):
+            single = SegmentRequest.model_construct(
+                points=prompt.points, labels=prompt.labels, box=prompt.box, boxes=None
+            )
+            try:
+                points, labels, boxes = validate_prompts(
+                    single, emb.original_size, self.settings.max_points, 1
+                )
+            except InvalidPrompt as exc:
+                raise InvalidPrompt(f"prompts[{i}]: {exc.message}") from exc
+            objects.append(ObjectPrompts(points, labels, boxes))
+        mask_inputs = [
+            None
+            if p.mask_input_id is None
+            else await self._mask_input(cache, p.mask_input_id, req.image_id)
+            for p in prompts
+        ]
+        items, best = await self._decode.run(
+            decode_objects, backend, emb, objects, mask_inputs, req, self.metrics, _finite
+        )
+        mask_ids = []
+        for logits in best:
+            mask_id = uuid.uuid4().hex
+            await cache.put_mask(mask_id, req.image_id, logits)
+            mask_ids.append(mask_id)
+        h, w = emb.original_size
+        return SegmentResult(
+            image_id=req.image_id,
+            width=w,
+            height=h,
+            masks=items,
+            mask_input_id=mask_ids[0],
             mask_input_ids=mask_ids,
         )
 
@@ -372,7 +459,7 @@ class SegmentationService:
         for b in range(res.low_res_logits.shape[0]):
             for c in range(res.low_res_logits.shape[1]):
                 mask = res.masks((b, c)).numpy()
-                encoded = codecs.encode_mask(mask, req.output)
+                encoded = codecs.encode_mask(mask, req.output, _polygon_options(req))
                 items.append(
                     MaskItem(
                         prompt_index=b,
@@ -417,7 +504,7 @@ class SegmentationService:
         out = []
         for rec in records:
             mask = np.asarray(rec["segmentation"], dtype=bool)
-            encoded = codecs.encode_mask(mask, req.output)
+            encoded = codecs.encode_mask(mask, req.output, _polygon_options(req))
             point = rec.get("point_coords") or [[0.0, 0.0]]
             out.append(
                 EverythingMask(
@@ -555,6 +642,10 @@ class SegmentationService:
             random_weights=self.random_weights,
             backend=backend,
         )
+
+
+def _polygon_options(req: SegmentRequest | EverythingRequest) -> codecs.PolygonOptions:
+    return codecs.PolygonOptions(req.polygon_tolerance, req.min_area, req.largest_only)
 
 
 def _finite(value: float) -> float:

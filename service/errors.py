@@ -131,6 +131,19 @@ class BackendFailure(ServiceError):
     kind = "backend_error"
 
 
+class UrlNotAllowed(ServiceError):
+    """An image URL outside EDGESAM_URL_ALLOWLIST: its host, a redirect's host, or an address
+    it resolves to (private, loopback, ... unless listed)."""
+
+    kind = "url_not_allowed"
+
+
+class UrlFetchFailed(ServiceError):
+    """An allowed image URL could not be fetched (timeout, refused, not 2xx)."""
+
+    kind = "url_fetch_failed"
+
+
 class InternalError(ServiceError):
     kind = "internal_error"
 
@@ -154,6 +167,8 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "unavailable_feature": ErrorSpec("unavailable_feature", 501, "UNIMPLEMENTED"),
     "not_found": ErrorSpec("not_found", 404, "NOT_FOUND"),
     "method_not_allowed": ErrorSpec("method_not_allowed", 405, "UNIMPLEMENTED"),
+    "url_not_allowed": ErrorSpec("url_not_allowed", 403, "PERMISSION_DENIED"),
+    "url_fetch_failed": ErrorSpec("url_fetch_failed", 502, "UNAVAILABLE"),
     "backend_error": ErrorSpec("backend_error", 500, "INTERNAL"),
     "internal_error": ErrorSpec("internal_error", 500, "INTERNAL"),
 }

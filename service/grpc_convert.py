@@ -75,9 +75,11 @@ def segment_fields(
     mask_input_id: str | None,
     outputs: list[str],
     use_priors: bool | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> SegmentRequest:
-    """A SegmentRequest built through the schema (InvalidRequest on a schema violation)."""
-    fields: dict[str, Any] = {"image_id": image_id, "output": outputs}
+    """A SegmentRequest built through the schema (InvalidRequest on a schema violation);
+    `extra`: further schema fields as given (polygon options, prompts)."""
+    fields: dict[str, Any] = {"image_id": image_id, "output": outputs, **(extra or {})}
     if use_priors is not None:
         fields["use_priors"] = use_priors
     if points is not None:
@@ -98,8 +100,31 @@ def segment_fields(
         raise InvalidRequest(validation_message(exc)) from exc
 
 
+POLYGON_FIELDS = ("polygon_tolerance", "min_area", "largest_only")
+
+
+def _polygon_fields(msg: Any) -> dict[str, Any]:
+    return {name: getattr(msg, name) for name in POLYGON_FIELDS if msg.HasField(name)}
+
+
+def _prompt_from_pb(msg: pb.Prompt) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if msg.points:
+        fields["points"] = [(p.x, p.y) for p in msg.points]
+    if msg.labels:
+        fields["labels"] = list(msg.labels)
+    if msg.HasField("box"):
+        fields["box"] = _box(msg.box)
+    if msg.mask_input_id:
+        fields["mask_input_id"] = msg.mask_input_id
+    return fields
+
+
 def segment_request_from_pb(msg: pb.SegmentRequest) -> SegmentRequest:
     # Repeated fields cannot tell "absent" from "empty": both mean absent here.
+    extra = _polygon_fields(msg)
+    if msg.prompts:
+        extra["prompts"] = [_prompt_from_pb(p) for p in msg.prompts]
     return segment_fields(
         image_id=msg.image_id,
         points=[(p.x, p.y) for p in msg.points] or None,
@@ -110,12 +135,13 @@ def segment_request_from_pb(msg: pb.SegmentRequest) -> SegmentRequest:
         mask_input_id=msg.mask_input_id or None,
         outputs=outputs_from_pb(msg.outputs),
         use_priors=msg.use_priors if msg.HasField("use_priors") else None,
+        extra=extra,
     )
 
 
 def everything_request_from_pb(msg: pb.EverythingRequest) -> EverythingRequest:
     fields: dict[str, Any] = {"image_id": msg.image_id, "output": outputs_from_pb(msg.outputs)}
-    for name in EVERYTHING_FIELDS:
+    for name in EVERYTHING_FIELDS + POLYGON_FIELDS:
         if msg.HasField(name):
             fields[name] = getattr(msg, name)
     try:
@@ -157,7 +183,11 @@ def _encodings(item: MaskItem | EverythingMask) -> dict[str, Any]:
     if item.png is not None:
         out["png"] = base64.b64decode(item.png)
     if item.polygons is not None:
-        out["polygons"] = [pb.Polygon(xy=poly) for poly in item.polygons]
+        holes = item.holes or [[] for _ in item.polygons]
+        out["polygons"] = [
+            pb.Polygon(xy=poly, holes=[pb.Ring(xy=ring) for ring in rings])
+            for poly, rings in zip(item.polygons, holes)
+        ]
     return out
 
 

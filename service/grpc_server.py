@@ -54,7 +54,7 @@ from service.grpc_errors import status_of
 from service.grpc_session import InteractiveSession
 from service.metrics import Metrics
 from service.ratelimit import RateLimiter, shared_limiter
-from service.schemas import IMAGE_ID
+from service.schemas import IMAGE_ID, EmbedResult
 from service.tenancy import TENANT, tenant_id
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         self.service = service
         self.max_small = settings.max_json_bytes
         self.max_image = settings.max_body_bytes
+        self.max_files = settings.embed_max_files
         self.sessions = 0
         self.max_sessions = MAX_SESSIONS
 
@@ -282,10 +283,49 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
     ) -> pb.EmbedResponse:
         async def work() -> pb.EmbedResponse:
             self._image(request.image, request)
-            res = await self.service.embed(request.image, request.content_type or None)
+            if request.url:
+                if request.image:
+                    raise InvalidRequest("give image or url, not both")
+                res = await self.service.embed_url(request.url)
+            else:
+                res = await self.service.embed(request.image, request.content_type or None)
             return embed_result_to_pb(res, self._fingerprint())
 
         return await self._call(context, "Embed", work)
+
+    async def EmbedBatch(  # noqa: N802
+        self, request: pb.EmbedBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EmbedBatchResponse:
+        """Several images, one outcome each (HTTP: several multipart parts named "file")."""
+
+        async def work() -> pb.EmbedBatchResponse:
+            if not request.images:
+                raise InvalidRequest("images is empty: give at least one image")
+            if len(request.images) > self.max_files:
+                raise InvalidRequest(
+                    f"{len(request.images)} images; at most {self.max_files} are accepted"
+                )
+            total = sum(len(item.image) for item in request.images)
+            if total > self.max_image:
+                raise PayloadTooLarge(
+                    f"the images have {total} bytes; at most {self.max_image} are accepted"
+                )
+            if any(item.url for item in request.images):
+                raise InvalidRequest("EmbedBatch takes image bytes; embed URLs one by one")
+            outcomes = await self.service.embed_many(
+                [(item.image, item.content_type or None) for item in request.images]
+            )
+            fingerprint = self._fingerprint()
+            return pb.EmbedBatchResponse(
+                results=[
+                    pb.EmbedBatchItem(result=embed_result_to_pb(o, fingerprint))
+                    if isinstance(o, EmbedResult)
+                    else pb.EmbedBatchItem(error=pb.EmbedError(code=o.code, message=o.message))
+                    for o in outcomes
+                ]
+            )
+
+        return await self._call(context, "EmbedBatch", work)
 
     def _fingerprint(self) -> str:
         backend = self.service.backend

@@ -26,6 +26,7 @@ from fastapi import FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -53,7 +54,9 @@ from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.ratelimit import shared_limiter
 from service.schemas import (
     IMAGE_ID_PATTERN,
+    EmbedBatchResult,
     EmbedResult,
+    EmbedUrlRequest,
     ErrorBody,
     EverythingRequest,
     EverythingResult,
@@ -385,8 +388,13 @@ def create_app(
 
     @app.post(
         "/v1/embed",
-        response_model=EmbedResult,
-        summary="Compute (or find) an image's embedding",
+        response_model=Union[EmbedResult, EmbedBatchResult],
+        summary="Compute (or find) the embedding of an image, or of several",
+        description="The image as the body, as one multipart part named `file`, or "
+        '`{"url": ...}` (JSON; only where EDGESAM_URL_ALLOWLIST lists the host) answers the '
+        'embed object. Several multipart parts named `file` answer `{"results": [...]}`: '
+        "one entry per part in order, the embed object or `{code, message}` for a part that "
+        "failed (the others are embedded all the same).",
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -395,27 +403,51 @@ def create_app(
                     "multipart/form-data": {
                         "schema": {
                             "type": "object",
-                            "properties": {"file": {"type": "string", "format": "binary"}},
+                            "properties": {
+                                "file": {
+                                    "type": "array",
+                                    "items": {"type": "string", "format": "binary"},
+                                }
+                            },
                             "required": ["file"],
                         }
                     },
+                    "application/json": {"schema": EmbedUrlRequest.model_json_schema()},
                 },
             }
         },
     )
     async def embed(request: Request) -> Response:
         content_type = request.headers.get("content-type", "")
-        if content_type.lower().startswith("multipart/form-data"):
-            data, part_type = await _multipart_file(request, settings.max_body_bytes)
+        media = content_type.split(";")[0].strip().lower()
+        if media == "multipart/form-data":
+            parts = await _multipart_files(
+                request, settings.max_body_bytes, settings.embed_max_files
+            )
+            if len(parts) > 1:
+                outcomes = await svc.embed_many(parts)
+                batch = EmbedBatchResult(
+                    results=[o if isinstance(o, EmbedResult) else _error_body(o) for o in outcomes]
+                )
+                return Response(batch.model_dump_json(), media_type="application/json")
+            data, part_type = parts[0]
+            result = await svc.embed(data, part_type)
+        elif media == "application/json":
+            try:
+                body = EmbedUrlRequest.model_validate_json(await request.body())
+            except ValidationError as exc:
+                raise InvalidRequest(
+                    _validation_message(RequestValidationError(exc.errors()))
+                ) from exc
+            result = await svc.embed_url(body.url)
         else:
-            media = content_type.split(";")[0].strip().lower()
             if media not in IMAGE_TYPES:
                 raise UnsupportedMediaType(
                     f"content type {codecs.quoted_media(media or 'none')} is not accepted; "
-                    "send image/jpeg, image/png or image/webp as the body, or a multipart file"
+                    "send image/jpeg, image/png or image/webp as the body, a multipart file "
+                    'or {"url": ...} as JSON'
                 )
-            data, part_type = await request.body(), media
-        result = await svc.embed(data, part_type)
+            result = await svc.embed(await request.body(), media)
         return Response(result.model_dump_json(), media_type="application/json")
 
     @app.post("/v1/segment", response_model=SegmentResult, summary="Masks for prompts")
@@ -599,26 +631,31 @@ def _declare_api_keys(app: FastAPI) -> None:
     app.openapi = openapi_with_keys  # type: ignore[method-assign]
 
 
-async def _multipart_file(request: Request, max_bytes: int) -> Tuple[bytes, str]:
+def _error_body(exc: ServiceError) -> ErrorBody:
+    return ErrorBody(code=exc.code, message=exc.message)
+
+
+async def _multipart_files(
+    request: Request, max_bytes: int, max_files: int
+) -> List[Tuple[bytes, str]]:
+    """The parts named `file`, in order (or, with none so named, the first file part)."""
     try:
-        form = await request.form(max_files=1, max_fields=8, max_part_size=max_bytes)
+        form = await request.form(max_files=max_files, max_fields=8, max_part_size=max_bytes)
     except PayloadTooLarge:
         raise
-    except Exception as exc:  # malformed multipart bodies
+    except Exception as exc:  # malformed multipart bodies, too many parts
         if isinstance(exc.__cause__, ServiceError):
             raise exc.__cause__ from exc
         # Starlette's HTTPException reads "400: <detail>"; the answer is 422, so the detail only
         reason = exc.detail if isinstance(exc, StarletteHTTPException) else exc
         raise InvalidRequest(f"the multipart body could not be parsed: {reason}") from exc
     try:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            uploads = [v for v in form.values() if isinstance(v, UploadFile)]
+        uploads = [v for v in form.getlist("file") if isinstance(v, UploadFile)]
+        if not uploads:
+            uploads = [v for v in form.values() if isinstance(v, UploadFile)][:1]
             if not uploads:
                 raise InvalidRequest("the multipart body has no file part (name it 'file')")
-            upload = uploads[0]
-        data = await upload.read()
-        return data, (upload.content_type or "")
+        return [(await upload.read(), upload.content_type or "") for upload in uploads]
     finally:
         await form.close()
 

@@ -17,7 +17,7 @@ any item is validated (a hostile 1 MiB body of bad items would otherwise cost ~1
 
 # No `from __future__ import annotations`: pydantic evaluates these annotations at run time;
 # typing's Optional/List/Tuple keep them valid on Python 3.8 (JetPack 5).
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 from pydantic import (
     AfterValidator,
@@ -100,7 +100,65 @@ class EmbedResult(_Strict):
     expires_in: int = Field(description="seconds until the cached embedding expires")
 
 
-class SegmentRequest(_StrictRequest):
+def _cap_lists(data: Any, caps: Tuple[Tuple[str, int, str], ...]) -> None:
+    """More list items than any server takes: invalid_prompt from the length alone."""
+    if isinstance(data, dict):
+        for field, cap, setting in caps:
+            value = data.get(field)
+            if isinstance(value, (list, tuple)) and len(value) > cap:
+                raise InvalidPrompt(
+                    f"{len(value)} {field}; at most {cap} are accepted "
+                    f"(fewer where the server's {setting} is lower)"
+                )
+
+
+class PolygonFields(_StrictRequest):
+    """How masks become polygons (output "polygons"); masks, RLE and PNG are unchanged."""
+
+    polygon_tolerance: float = Field(
+        0.0,
+        ge=0.0,
+        le=10_000.0,
+        description="Douglas-Peucker tolerance in pixels; 0 keeps every corner of the outline",
+    )
+    min_area: int = Field(
+        0,
+        ge=0,
+        le=100_000_000,
+        description="drop polygon parts, and fill holes, of fewer pixels than this",
+    )
+    largest_only: bool = Field(False, description="only the part with the most pixels")
+
+
+class ObjectPrompt(_StrictRequest):
+    """One object of a many-object request: its own points, box and refinement mask."""
+
+    points: Optional[List[Point]] = Field(None, description="[[x, y], ...] in original pixels")
+    labels: Optional[List[Label]] = Field(None, description="one per point: 1 fg, 0 bg")
+    box: Optional[Box] = Field(None, description="[x0, y0, x1, y1] in original pixels")
+    mask_input_id: Optional[MaskId] = Field(
+        None, description="refine this object from a previous answer's mask_input_id"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cap_prompt_lists(cls, data: Any) -> Any:
+        _cap_lists(
+            data, (("points", POINTS_CAP, "max_points"), ("labels", POINTS_CAP, "max_points"))
+        )
+        return data
+
+
+class EmbedUrlRequest(_StrictRequest):
+    url: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="http(s) URL of the image; fetched only where EDGESAM_URL_ALLOWLIST "
+        "lists its host",
+    )
+
+
+class SegmentRequest(PolygonFields):
     image_id: ImageId
     points: Optional[List[Point]] = Field(
         None, description="[[x, y], ...] in original image pixels (at most the server's max_points)"
@@ -116,6 +174,12 @@ class SegmentRequest(_StrictRequest):
     )
     mask_input_id: Optional[MaskId] = Field(
         None, description="refine from a previous answer's mask_input_id"
+    )
+    prompts: Optional[List[ObjectPrompt]] = Field(
+        None,
+        description="many objects, each with its own points, box and mask_input_id (instead "
+        "of the top-level prompt fields); masks carry the object's index as prompt_index "
+        "(at most the server's max_boxes objects)",
     )
     num_masks: NumMasks = Field(
         1, description="1: the single-mask token; 3: the three multimask tokens; 4: all four"
@@ -134,19 +198,31 @@ class SegmentRequest(_StrictRequest):
     def _cap_prompt_lists(cls, data: Any) -> Any:
         """More prompts than any server takes: invalid_prompt, as the configured limits
         answer in the core, decided from the list's length before its items are validated."""
-        if isinstance(data, dict):
-            for field, cap, setting in (
+        _cap_lists(
+            data,
+            (
                 ("points", POINTS_CAP, "max_points"),
                 ("labels", POINTS_CAP, "max_points"),
                 ("boxes", BOXES_CAP, "max_boxes"),
-            ):
-                value = data.get(field)
-                if isinstance(value, (list, tuple)) and len(value) > cap:
-                    raise InvalidPrompt(
-                        f"{len(value)} {field}; at most {cap} are accepted "
-                        f"(fewer where the server's {setting} is lower)"
-                    )
+                ("prompts", BOXES_CAP, "max_boxes"),
+            ),
+        )
         return data
+
+    @model_validator(mode="after")
+    def _prompts_alone(self) -> "SegmentRequest":
+        if self.prompts is not None:
+            given = [
+                name
+                for name in ("points", "labels", "box", "boxes", "mask_input_id")
+                if getattr(self, name) is not None
+            ]
+            if given:
+                raise InvalidPrompt(
+                    f"give prompts or {', '.join(given)}, not both: with prompts, each object "
+                    "carries its own points, labels, box and mask_input_id"
+                )
+        return self
 
 
 class Rle(_Strict):
@@ -164,7 +240,10 @@ class MaskItem(_Strict):
     rle: Optional[Rle] = None
     png: Optional[str] = Field(None, description="base64 PNG, 0/255 greyscale")
     polygons: Optional[List[List[float]]] = Field(
-        None, description="outer contours, each [x0, y0, x1, y1, ...]"
+        None, description="exterior rings, one per part, each [x0, y0, x1, y1, ...]"
+    )
+    holes: Optional[List[List[List[float]]]] = Field(
+        None, description="for each exterior ring in polygons, its hole rings"
     )
 
 
@@ -181,7 +260,7 @@ class SegmentResult(_Strict):
     )
 
 
-class EverythingRequest(_StrictRequest):
+class EverythingRequest(PolygonFields):
     image_id: ImageId
     points_per_side: int = Field(32, ge=1, le=64)
     points_per_batch: int = Field(64, ge=1, le=256)
@@ -205,6 +284,7 @@ class EverythingMask(_Strict):
     rle: Optional[Rle] = None
     png: Optional[str] = None
     polygons: Optional[List[List[float]]] = None
+    holes: Optional[List[List[List[float]]]] = None
 
 
 class EverythingResult(_Strict):
@@ -217,6 +297,12 @@ class EverythingResult(_Strict):
 class ErrorBody(_Strict):
     code: str = Field(description="stable machine-readable error code")
     message: str = Field(description="a sentence for humans")
+
+
+class EmbedBatchResult(_Strict):
+    results: List[Union[EmbedResult, ErrorBody]] = Field(
+        description="one per multipart part, in order: the embed answer or the part's error"
+    )
 
 
 class ComponentStatus(_Strict):

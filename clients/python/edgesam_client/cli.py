@@ -3,6 +3,7 @@
     edgesam embed photo.jpg
     edgesam segment photo.jpg --point 320,240 --negative 100,80 --box 200,100,500,400 -o out.png
     edgesam everything photo.jpg -o all.png
+    edgesam embed-dir photos/ --concurrency 4 --results ids.jsonl
 
 --server (or EDGESAM_SERVER): http://host:8000 for HTTP, grpc://host:50051 for gRPC
 (default http://localhost:8000); --api-key (or EDGESAM_API_KEY). Prints a JSON summary;
@@ -12,10 +13,14 @@ segment and everything also write a PNG overlay of the masks on the image.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--num-masks", type=int, choices=(1, 3, 4), default=1)
     seg.add_argument("-o", "--output", type=Path, default=None, help="overlay PNG path")
 
+    many = sub.add_parser(
+        "embed-dir",
+        help="embed every image under a directory (skips what the server's cache holds)",
+    )
+    many.add_argument("directory", type=Path)
+    many.add_argument("--concurrency", type=int, default=4, help="requests in flight (1-64)")
+    many.add_argument("--no-recursive", action="store_true", help="only the top directory")
+    many.add_argument(
+        "--results", type=Path, default=None, help="append one JSON line per image here"
+    )
+    many.add_argument("--quiet", action="store_true", help="no progress bar")
+
     every = sub.add_parser("everything", help="every object, as a PNG overlay")
     every.add_argument("image", type=Path)
     every.add_argument("--points-per-side", type=int, default=None)
@@ -144,7 +161,122 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+
+
+def find_images(directory: Path, recursive: bool = True) -> list[Path]:
+    """The JPEG, PNG and WebP files under `directory`, in a stable (sorted) order."""
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no such directory: {directory}")
+    found = directory.rglob("*") if recursive else directory.iterdir()
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def embed_one(client: Any, path: Path) -> dict[str, Any]:
+    """One image: skipped when the server already holds its embedding (HEAD by the sha256
+    of the bytes), embedded otherwise; the outcome as a JSON-able record."""
+    try:
+        data = path.read_bytes()
+        image_id = hashlib.sha256(data).hexdigest()
+        if client.has_embedding(image_id):
+            return {"path": str(path), "image_id": image_id, "status": "cached"}
+        res = client.embed(data)
+        status = "cached" if res.cached else "embedded"
+        return {"path": str(path), "image_id": res.image_id, "status": status}
+    except EdgeSamError as exc:
+        return {"path": str(path), "status": "failed", "code": exc.code, "error": exc.message}
+    except OSError as exc:
+        return {"path": str(path), "status": "failed", "code": "unreadable", "error": str(exc)}
+
+
+def bounded_map(fn: Any, items: Sequence[Any], concurrency: int) -> Iterator[Any]:
+    """fn over items on `concurrency` threads, at most that many in flight (never the whole
+    list queued); results in completion order."""
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="embed-dir") as pool:
+        pending: set[Future] = set()
+        queue = iter(items)
+        for item in queue:
+            pending.add(pool.submit(fn, item))
+            if len(pending) >= concurrency:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        for future in pending:
+            yield future.result()
+
+
+class Progress:
+    """A one-line progress bar on stderr (no dependency), redrawn at most 10 times a second."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+        self.counts = {"cached": 0, "embedded": 0, "failed": 0}
+        self.start = time.monotonic()
+        self._drawn = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, status: str) -> None:
+        with self._lock:
+            self.counts[status] = self.counts.get(status, 0) + 1
+            now = time.monotonic()
+            if self.enabled and (now - self._drawn > 0.1 or self.done == self.total):
+                self._drawn = now
+                self.draw()
+
+    def draw(self) -> None:
+        width = 30
+        filled = int(width * self.done / self.total) if self.total else width
+        rate = self.done / max(time.monotonic() - self.start, 1e-9)
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+            f"cached {self.counts['cached']} embedded {self.counts['embedded']} "
+            f"failed {self.counts['failed']} {rate:.1f} img/s"
+        )
+        if self.done == self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def embed_dir(client: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """`edgesam embed-dir`: every image under the directory, `--concurrency` at a time.
+    Resumable: a re-run skips every image whose embedding the server still holds."""
+    if not 1 <= args.concurrency <= 64:
+        raise ValueError("--concurrency must be between 1 and 64")
+    paths = find_images(args.directory, recursive=not args.no_recursive)
+    progress = Progress(len(paths), enabled=not args.quiet and len(paths) > 0)
+    failures: list[dict[str, Any]] = []
+    sink = args.results.open("a", encoding="utf-8") if args.results else None
+    try:
+        for record in bounded_map(lambda p: embed_one(client, p), paths, args.concurrency):
+            progress.add(record["status"])
+            if record["status"] == "failed":
+                failures.append(record)
+            if sink is not None:
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()  # a crash keeps every line written so far
+    finally:
+        if sink is not None:
+            sink.close()
+    seconds = time.monotonic() - progress.start
+    return {
+        "images": len(paths),
+        "cached": progress.counts["cached"],
+        "embedded": progress.counts["embedded"],
+        "failed": progress.counts["failed"],
+        "seconds": round(seconds, 3),
+        "images_per_second": round(len(paths) / seconds, 2) if seconds > 0 else 0.0,
+        "failures": failures[:20],
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.command == "embed-dir":
+        with connect(args.server, api_key=args.api_key, timeout=args.timeout) as es:
+            return embed_dir(es, args)
     image_path: Path = args.image
     if not image_path.is_file():
         raise FileNotFoundError(f"no such image: {image_path}")
@@ -212,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgesam: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
-    return 0
+    return 1 if summary.get("failed") else 0
 
 
 if __name__ == "__main__":

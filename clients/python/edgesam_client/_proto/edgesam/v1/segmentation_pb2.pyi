@@ -18,12 +18,14 @@ OUTPUT_FORMAT_PNG: OutputFormat
 OUTPUT_FORMAT_POLYGONS: OutputFormat
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("image", "content_type")
+    __slots__ = ("image", "content_type", "url")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     content_type: str
-    def __init__(self, image: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+    url: str
+    def __init__(self, image: _Optional[bytes] = ..., content_type: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
     __slots__ = ("image_id", "width", "height", "cached", "expires_in", "model_fingerprint")
@@ -40,6 +42,34 @@ class EmbedResponse(_message.Message):
     expires_in: int
     model_fingerprint: str
     def __init__(self, image_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., cached: bool = ..., expires_in: _Optional[int] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...
+
+class EmbedBatchRequest(_message.Message):
+    __slots__ = ("images",)
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[EmbedRequest]
+    def __init__(self, images: _Optional[_Iterable[_Union[EmbedRequest, _Mapping]]] = ...) -> None: ...
+
+class EmbedError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class EmbedBatchItem(_message.Message):
+    __slots__ = ("result", "error")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    result: EmbedResponse
+    error: EmbedError
+    def __init__(self, result: _Optional[_Union[EmbedResponse, _Mapping]] = ..., error: _Optional[_Union[EmbedError, _Mapping]] = ...) -> None: ...
+
+class EmbedBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[EmbedBatchItem]
+    def __init__(self, results: _Optional[_Iterable[_Union[EmbedBatchItem, _Mapping]]] = ...) -> None: ...
 
 class Point(_message.Message):
     __slots__ = ("x", "y")
@@ -62,7 +92,7 @@ class Box(_message.Message):
     def __init__(self, x0: _Optional[float] = ..., y0: _Optional[float] = ..., x1: _Optional[float] = ..., y1: _Optional[float] = ...) -> None: ...
 
 class SegmentRequest(_message.Message):
-    __slots__ = ("image_id", "points", "labels", "box", "boxes", "num_masks", "mask_input_id", "outputs", "use_priors")
+    __slots__ = ("image_id", "points", "labels", "box", "boxes", "num_masks", "mask_input_id", "outputs", "use_priors", "polygon_tolerance", "min_area", "largest_only", "prompts")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +102,10 @@ class SegmentRequest(_message.Message):
     MASK_INPUT_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     USE_PRIORS_FIELD_NUMBER: _ClassVar[int]
+    POLYGON_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    MIN_AREA_FIELD_NUMBER: _ClassVar[int]
+    LARGEST_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     points: _containers.RepeatedCompositeFieldContainer[Point]
     labels: _containers.RepeatedScalarFieldContainer[int]
@@ -81,7 +115,23 @@ class SegmentRequest(_message.Message):
     mask_input_id: str
     outputs: _containers.RepeatedScalarFieldContainer[OutputFormat]
     use_priors: bool
-    def __init__(self, image_id: _Optional[str] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., labels: _Optional[_Iterable[int]] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., num_masks: _Optional[int] = ..., mask_input_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., use_priors: bool = ...) -> None: ...
+    polygon_tolerance: float
+    min_area: int
+    largest_only: bool
+    prompts: _containers.RepeatedCompositeFieldContainer[Prompt]
+    def __init__(self, image_id: _Optional[str] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., labels: _Optional[_Iterable[int]] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., num_masks: _Optional[int] = ..., mask_input_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., use_priors: bool = ..., polygon_tolerance: _Optional[float] = ..., min_area: _Optional[int] = ..., largest_only: bool = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ...) -> None: ...
+
+class Prompt(_message.Message):
+    __slots__ = ("points", "labels", "box", "mask_input_id")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    MASK_INPUT_ID_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedCompositeFieldContainer[Point]
+    labels: _containers.RepeatedScalarFieldContainer[int]
+    box: Box
+    mask_input_id: str
+    def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., labels: _Optional[_Iterable[int]] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., mask_input_id: _Optional[str] = ...) -> None: ...
 
 class Rle(_message.Message):
     __slots__ = ("size", "counts")
@@ -92,6 +142,14 @@ class Rle(_message.Message):
     def __init__(self, size: _Optional[_Iterable[int]] = ..., counts: _Optional[str] = ...) -> None: ...
 
 class Polygon(_message.Message):
+    __slots__ = ("xy", "holes")
+    XY_FIELD_NUMBER: _ClassVar[int]
+    HOLES_FIELD_NUMBER: _ClassVar[int]
+    xy: _containers.RepeatedScalarFieldContainer[float]
+    holes: _containers.RepeatedCompositeFieldContainer[Ring]
+    def __init__(self, xy: _Optional[_Iterable[float]] = ..., holes: _Optional[_Iterable[_Union[Ring, _Mapping]]] = ...) -> None: ...
+
+class Ring(_message.Message):
     __slots__ = ("xy",)
     XY_FIELD_NUMBER: _ClassVar[int]
     xy: _containers.RepeatedScalarFieldContainer[float]
@@ -148,7 +206,7 @@ class SegmentResponse(_message.Message):
     def __init__(self, image_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., masks: _Optional[_Iterable[_Union[Mask, _Mapping]]] = ..., mask_input_id: _Optional[str] = ..., mask_input_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EverythingRequest(_message.Message):
-    __slots__ = ("image_id", "points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh", "stability_score_offset", "box_nms_thresh", "min_mask_region_area", "max_masks", "outputs")
+    __slots__ = ("image_id", "points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh", "stability_score_offset", "box_nms_thresh", "min_mask_region_area", "max_masks", "outputs", "polygon_tolerance", "min_area", "largest_only")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     POINTS_PER_SIDE_FIELD_NUMBER: _ClassVar[int]
     POINTS_PER_BATCH_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +217,9 @@ class EverythingRequest(_message.Message):
     MIN_MASK_REGION_AREA_FIELD_NUMBER: _ClassVar[int]
     MAX_MASKS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    POLYGON_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    MIN_AREA_FIELD_NUMBER: _ClassVar[int]
+    LARGEST_ONLY_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     points_per_side: int
     points_per_batch: int
@@ -169,7 +230,10 @@ class EverythingRequest(_message.Message):
     min_mask_region_area: int
     max_masks: int
     outputs: _containers.RepeatedScalarFieldContainer[OutputFormat]
-    def __init__(self, image_id: _Optional[str] = ..., points_per_side: _Optional[int] = ..., points_per_batch: _Optional[int] = ..., pred_iou_thresh: _Optional[float] = ..., stability_score_thresh: _Optional[float] = ..., stability_score_offset: _Optional[float] = ..., box_nms_thresh: _Optional[float] = ..., min_mask_region_area: _Optional[int] = ..., max_masks: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[OutputFormat, str]]] = ...) -> None: ...
+    polygon_tolerance: float
+    min_area: int
+    largest_only: bool
+    def __init__(self, image_id: _Optional[str] = ..., points_per_side: _Optional[int] = ..., points_per_batch: _Optional[int] = ..., pred_iou_thresh: _Optional[float] = ..., stability_score_thresh: _Optional[float] = ..., stability_score_offset: _Optional[float] = ..., box_nms_thresh: _Optional[float] = ..., min_mask_region_area: _Optional[int] = ..., max_masks: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., polygon_tolerance: _Optional[float] = ..., min_area: _Optional[int] = ..., largest_only: bool = ...) -> None: ...
 
 class EverythingMask(_message.Message):
     __slots__ = ("score", "stability_score", "bbox", "area", "point", "rle", "png", "polygons")

@@ -39,6 +39,11 @@ class SegmentationStub(object):
                 request_serializer=edgesam_dot_v1_dot_segmentation__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=edgesam_dot_v1_dot_segmentation__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.EmbedBatch = channel.unary_unary(
+                '/edgesam.v1.Segmentation/EmbedBatch',
+                request_serializer=edgesam_dot_v1_dot_segmentation__pb2.EmbedBatchRequest.SerializeToString,
+                response_deserializer=edgesam_dot_v1_dot_segmentation__pb2.EmbedBatchResponse.FromString,
+                _registered_method=True)
         self.Segment = channel.unary_unary(
                 '/edgesam.v1.Segmentation/Segment',
                 request_serializer=edgesam_dot_v1_dot_segmentation__pb2.SegmentRequest.SerializeToString,
@@ -76,6 +81,14 @@ class SegmentationServicer(object):
 
     def Embed(self, request, context):
         """Image bytes -> image_id (sha256 of the bytes). Cached embeddings answer at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EmbedBatch(self, request, context):
+        """Several images: one result per image, in order; a failed image does not fail the others.
+        (HTTP: POST /v1/embed with several multipart parts named "file".)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,6 +145,11 @@ def add_SegmentationServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=edgesam_dot_v1_dot_segmentation__pb2.EmbedRequest.FromString,
                     response_serializer=edgesam_dot_v1_dot_segmentation__pb2.EmbedResponse.SerializeToString,
+            ),
+            'EmbedBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedBatch,
+                    request_deserializer=edgesam_dot_v1_dot_segmentation__pb2.EmbedBatchRequest.FromString,
+                    response_serializer=edgesam_dot_v1_dot_segmentation__pb2.EmbedBatchResponse.SerializeToString,
             ),
             'Segment': grpc.unary_unary_rpc_method_handler(
                     servicer.Segment,
@@ -191,6 +209,33 @@ class Segmentation(object):
             '/edgesam.v1.Segmentation/Embed',
             edgesam_dot_v1_dot_segmentation__pb2.EmbedRequest.SerializeToString,
             edgesam_dot_v1_dot_segmentation__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgesam.v1.Segmentation/EmbedBatch',
+            edgesam_dot_v1_dot_segmentation__pb2.EmbedBatchRequest.SerializeToString,
+            edgesam_dot_v1_dot_segmentation__pb2.EmbedBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
