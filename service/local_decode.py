@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 EMBEDDING_SHAPE = (1, 256, 64, 64)
 DECODER_VARIANTS = ("sam", "multimask", "cvat")
 # Bumped when engine.export.sam_onnx changes what it writes: old cached files are then not reused.
-DECODER_LAYOUT = "1"
+DECODER_LAYOUT = "2"
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 
 

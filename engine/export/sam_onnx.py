@@ -18,8 +18,9 @@ The `multimask` variant is that script without `--return-single-mask`: all four 
 page uses it to offer 1 or 3 candidates as /v1/segment does.
 
 The `cvat` variant answers CVAT's SAM plugin (cvat-ui/plugins/sam inference.worker.ts): the same
-inputs; outputs `masks` uint8 (0 or 255) cropped to the mask's bounding box, its inclusive
-bounds `xtl`, `ytl`, `xbr`, `ybr` in original pixels, and `low_res_masks`.
+inputs, clicks given without the padding point (the decoder appends it; CVAT's index.tsx stopped
+sending it at be396074); outputs `masks` uint8 (0 or 255) cropped to the mask's bounding box,
+its inclusive bounds `xtl`, `ytl`, `xbr`, `ybr` in original pixels, and `low_res_masks`.
 
 Built from our own modules (EdgeSAM's prompt encoder and mask decoder are SAM's); EdgeSAM's
 official ONNX decoder differs (no `orig_im_size`, no selection).
@@ -102,6 +103,11 @@ class SamOnnxDecoder(nn.Module):
         has_mask_input: torch.Tensor,
         orig_im_size: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
+        if self.variant == "cvat":
+            # CVAT's plugin (index.tsx since be396074) sends its clicks without SAM's padding
+            # point; the decoder adds it, as segment-anything's demo does for a click prompt.
+            point_coords = torch.cat([point_coords, point_coords[:, :1] * 0.0], dim=1)
+            point_labels = torch.cat([point_labels, point_labels[:, :1] * 0.0 - 1.0], dim=1)
         pe = self.model.prompt_encoder
         sparse = pe.embed_labeled_points(point_coords, point_labels)
         no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)

@@ -290,10 +290,6 @@ def test_cvat_signature_decoder_on_the_blob_gives_the_services_mask(
 
     rs = start_service(backend=backend)
     model = rs.client.get("/v1/models/decoder.onnx", params={"variant": "cvat"})
-    if model.status_code in (404, 405):
-        pytest.skip(
-            "GET /v1/models/decoder.onnx?variant=cvat (issue 17) is not in this service yet"
-        )
     assert model.status_code == 200, model.text
     main = load_main()
     data = jpeg(frame)

@@ -61,12 +61,13 @@ class LocalDecoder:
         labels: list | None = None,
         box: list | None = None,
         mask_input: np.ndarray | None = None,
+        pad: bool = True,
     ) -> dict[str, np.ndarray]:
         coords, labs = list(points or []), list(labels or [])
         if box is not None:
             coords += [box[:2], box[2:]]
             labs += [2, 3]
-        else:
+        elif pad:  # SAM's signature; CVAT's plugin sends its clicks alone
             coords.append([0.0, 0.0])
             labs.append(-1)
         xy = np.array(coords, dtype=np.float32) * self.scale
@@ -178,7 +179,7 @@ def test_local_decoder_answers_as_the_service(case_a, start_service, tmp_path: P
     cvat_local = LocalDecoder(cvat.content, embedding, width, height)
     names = [o.name for o in cvat_local.session.get_outputs()]
     assert names == ["xtl", "ytl", "xbr", "ybr", "masks", "low_res_masks"]
-    res = cvat_local.run(points, [1, 1, 1])
+    res = cvat_local.run(points, [1, 1, 1], pad=False)  # as CVAT's index.tsx feeds it
     full = local.run(points, [1, 1, 1])["masks"][0, 0] > 0
     ys, xs = np.nonzero(full)
     bounds = [int(res[k][0]) for k in ("xtl", "ytl", "xbr", "ybr")]
