@@ -1,0 +1,209 @@
+"""A statically quantised (int8) encoder for ONNX Runtime on CPUs with integer dot products.
+
+    python -m engine.export onnx --checkpoint edge_sam_3x.pth --int8 [--calibration-images DIR]
+
+QDQ format: QuantizeLinear/DequantizeLinear pairs around Conv and MatMul, weights int8 per
+output channel (symmetric), activations uint8 per tensor with ranges calibrated on images.
+ONNX Runtime fuses each pair into an integer kernel (VNNI's u8s8 dot products on x86).
+The decoder stays float: it is a small share of the work and its outputs, the masks, move
+most under quantisation.
+
+Without `--calibration-images` the calibration set is `synthetic_images`: procedural
+pictures (gradients, overlapping shapes, blurred textures, hard edges) drawn from a fixed
+seed, so every machine builds the same model and nothing is downloaded. Photographs of the
+domain served calibrate better; pass a folder of them when you have one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.transforms import preprocess_image
+
+DEFAULT_CALIBRATION_COUNT = 8
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Only these operators are quantised: the convolutions and matrix products carry all but a
+# sliver of the encoder's arithmetic; element-wise ops stay float (no gain, only error).
+OP_TYPES = ("Conv", "MatMul")
+
+
+def synthetic_images(
+    count: int = DEFAULT_CALIBRATION_COUNT, size: int = 512, seed: int = 0
+) -> list[np.ndarray]:
+    """`count` deterministic uint8 HxWx3 RGB pictures with photo-like statistics: smooth
+    shading, objects with edges, texture and noise (the ranges calibration needs to see)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for i in range(count):
+        h = size
+        w = size if i % 3 else int(size * 0.75)  # some landscape-padded inputs too
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        base = np.stack(
+            [
+                rng.uniform(40, 200) + rng.uniform(-80, 80) * (xx / w) + rng.uniform(-60, 60) * (yy / h)
+                for _ in range(3)
+            ],
+            axis=-1,
+        )
+        img = np.clip(base, 0, 255).astype(np.uint8)
+        for _ in range(int(rng.integers(6, 16))):
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            kind = rng.integers(0, 3)
+            if kind == 0:
+                axes = (int(rng.integers(8, w // 3)), int(rng.integers(8, h // 3)))
+                cv2.ellipse(img, centre, axes, float(rng.uniform(0, 180)), 0, 360, colour, -1)
+            elif kind == 1:
+                corner = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+                cv2.rectangle(img, centre, corner, colour, -1)
+            else:
+                pts = rng.integers(0, [w, h], (int(rng.integers(3, 7)), 2)).astype(np.int32)
+                cv2.fillPoly(img, [pts], colour)
+        texture = rng.normal(0, rng.uniform(4, 30), (h, w, 3)).astype(np.float32)
+        texture = cv2.GaussianBlur(texture, (0, 0), float(rng.uniform(0.5, 3.0)))
+        img = np.clip(img.astype(np.float32) + texture, 0, 255).astype(np.uint8)
+        images.append(np.ascontiguousarray(img))
+    return images
+
+
+def read_images(folder: str | os.PathLike[str], limit: int | None = None) -> list[np.ndarray]:
+    """The images in `folder` (sorted by name; RGB uint8), at most `limit`."""
+    from PIL import Image
+
+    paths = sorted(
+        p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not paths:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    out = []
+    for p in paths[:limit]:
+        with Image.open(p) as im:
+            out.append(np.asarray(im.convert("RGB")).copy())
+    return out
+
+
+class _Reader:
+    """onnxruntime.quantization's CalibrationDataReader protocol over preprocessed images."""
+
+    def __init__(self, images: Sequence[np.ndarray], input_name: str = "image") -> None:
+        self._images = list(images)
+        self._name = input_name
+        self._it: Iterator[np.ndarray] | None = None
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._it is None:
+            self._it = iter(self._images)
+        image = next(self._it, None)
+        if image is None:
+            return None
+        x, _ = preprocess_image(image)
+        return {self._name: x.numpy()}
+
+    def rewind(self) -> None:
+        self._it = None
+
+
+def quantize_encoder(
+    fp32_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    images: Sequence[np.ndarray] | None = None,
+    calibrate_method: str = "minmax",
+    exclude_nodes: Sequence[str] = (),
+    op_types: Sequence[str] = OP_TYPES,
+) -> Path:
+    """Write the int8 QDQ version of our fp32 encoder `fp32_path` to `out_path`, calibrated
+    on `images` (uint8 HxWx3 RGB; default `synthetic_images()`). Metadata is kept, with
+    `edgesam.precision` = int8 and the fingerprint suffixed `-int8` (different numbers: a
+    cache shared with fp32 replicas must not mix their embeddings)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    if calibrate_method not in methods:
+        raise ValueError(f"calibrate_method must be one of {sorted(methods)}")
+    images = synthetic_images() if images is None else list(images)
+    if not images:
+        raise ValueError("no calibration images")
+    src, out = Path(fp32_path), Path(out_path)
+    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    work = Path(tempfile.mkdtemp(prefix="edgesam-int8-"))
+    try:
+        pre = work / "pre.onnx"
+        # shape inference and graph clean-up first, as ONNX Runtime's tools recommend
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        tmp_out = work / "int8.onnx"
+        quantize_static(
+            str(pre),
+            str(tmp_out),
+            _Reader(images),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(op_types),
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[calibrate_method],
+            nodes_to_exclude=list(exclude_nodes),
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+        )
+        proto = onnx.load(str(tmp_out))
+        del proto.metadata_props[:]
+        meta.update(
+            {
+                "edgesam.precision": "int8",
+                "edgesam.fingerprint": f"{meta.get('edgesam.fingerprint', 'onnx')}-int8",
+                "edgesam.int8_calibration": f"{len(images)} images, {calibrate_method}",
+            }
+        )
+        for key, value in sorted(meta.items()):
+            item = proto.metadata_props.add()
+            item.key, item.value = key, value
+        out.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(proto, str(out))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def write_int8_pair(
+    fp32_encoder: Path, fp32_decoder: Path, out_dir: Path, name: str, **quantize: Any
+) -> tuple[Path, Path]:
+    """`<name>_encoder.onnx` quantised and the float decoder files copied beside it as
+    `<name>_decoder*.onnx` (the backend finds the decoder by that name)."""
+    from engine.export import split_decoder_paths
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    enc = out_dir / f"{name}_encoder.onnx"
+    dec = out_dir / f"{name}_decoder.onnx"
+    quantize_encoder(fp32_encoder, enc, **quantize)
+    if fp32_decoder.resolve() != dec.resolve():
+        shutil.copyfile(fp32_decoder, dec)
+        for src, dst in zip(split_decoder_paths(fp32_decoder), split_decoder_paths(dec)):
+            if src.is_file():
+                shutil.copyfile(src, dst)
+    return enc, dec
+
+
+def onnx_precision(path: str | os.PathLike[str]) -> str:
+    """`edgesam.precision` of an encoder file: int8 for `quantize_encoder`'s, else fp32."""
+    from engine.export import read_metadata
+
+    return read_metadata(path).get("edgesam.precision", "fp32")
