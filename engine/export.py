@@ -2,6 +2,8 @@
 
     python -m engine.export onnx --checkpoint edge_sam_3x.pth --out-dir models/
     python -m engine.export tensorrt --onnx models/edge_sam_3x_encoder.onnx --precision fp16
+    python -m engine.export onnx --checkpoint edge_sam_3x.pth --out-dir models/ --int8 \
+        [--calibration-images DIR]   # also models/edge_sam_int8_{encoder,decoder*}.onnx
 
 The ONNX pair written here (our format, told apart from the official files by the
 `edgesam.format` metadata entry):
@@ -454,7 +456,29 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
     for path in split_decoder_paths(pair.decoder):
         _print(f"wrote {path}")
     _print(f"fingerprint {pair.fingerprint}")
+    if args.int8:
+        _write_int8(args, pair)
     return 0
+
+
+def _write_int8(args: argparse.Namespace, pair: OnnxPair) -> None:
+    """--int8: the statically quantised encoder beside the fp32 pair (engine.quantize)."""
+    from engine.quantize import read_images, synthetic_images, write_int8_pair
+
+    if args.calibration_images:
+        images = read_images(args.calibration_images, args.calibration_limit)
+        what = f"{len(images)} images from {args.calibration_images}"
+    else:
+        images = synthetic_images(args.calibration_limit or 8)
+        what = f"{len(images)} synthetic images (engine.quantize.synthetic_images)"
+    _print(f"[int8] calibrating on {what}; quantising Conv/MatMul (QDQ, per-channel weights)")
+    start = time.perf_counter()
+    enc, dec = write_int8_pair(
+        pair.encoder, pair.decoder, Path(args.out_dir), f"{args.name}_int8", images=images
+    )
+    _print(f"  done in {time.perf_counter() - start:.1f}s ({enc.stat().st_size / 1e6:.1f} MB)")
+    _print(f"wrote {enc} (float decoder beside it: {dec.name})")
+    _print("measure it on your images: python -m engine.fidelity --precision int8 ...")
 
 
 def _cmd_tensorrt(args: argparse.Namespace) -> int:
@@ -514,6 +538,17 @@ def build_parser() -> argparse.ArgumentParser:
         dest="verify",
         action="store_false",
         help="skip the ONNX Runtime vs PyTorch check",
+    )
+    onnx_p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write <name>_int8_encoder.onnx, statically quantised for CPUs with VNNI",
+    )
+    onnx_p.add_argument(
+        "--calibration-images", help="folder of images to calibrate --int8 on (default: synthetic)"
+    )
+    onnx_p.add_argument(
+        "--calibration-limit", type=int, default=None, help="at most this many calibration images"
     )
     onnx_p.set_defaults(func=_cmd_onnx)
 

@@ -17,13 +17,14 @@ from pathlib import Path
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 BF16_UNITS = ("avx512_bf16", "amx_bf16")
 INT8_UNITS = ("avx512_vnni", "avx_vnni", "amx_int8")
-# What `auto` prefers on a CPU with the units, per backend; measured with bench/encoder.py
-# (docs/performance.md, "CPU reduced precision"): on a 2-core Zen 4 EPYC int8 ONNX Runtime
-# and bf16 PyTorch both ran the encoder faster than fp32.
-CPU_AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    "onnxruntime": ("int8",),
-    "torch": ("bf16",),
-}
+# What `auto` picks on a CPU with the units, per backend. bf16 (PyTorch): about half fp32's
+# compute time and mask IoU >= 0.98 against fp32 on case A. int8 (ONNX Runtime) is faster
+# than fp32 too, but its masks moved more (mean IoU 0.91-0.97 on case A's random weights), so
+# it stays an explicit choice, to be checked with `python -m engine.fidelity` on your weights
+# (docs/performance.md, "CPU reduced precision (bf16, int8)").
+CPU_AUTO_ORDER: dict[str, tuple[str, ...]] = {"torch": ("bf16",)}
+# The backend `auto` moves to for its precision when both backend and precision are auto.
+AUTO_BACKEND_FOR = {"bf16": "torch"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -80,6 +81,14 @@ def check_cpu_precision(precision: str, backend: str, flags: Iterable[str] | Non
 def cpu_backend_for(precision: str) -> str | None:
     """The CPU backend that runs `precision` (None: any)."""
     return {"bf16": "torch", "int8": "onnxruntime"}.get(precision)
+
+
+def auto_cpu_precision(flags: Iterable[str] | None = None) -> str:
+    """The precision `auto` runs on this CPU when the backend is also `auto`."""
+    for precision in AUTO_BACKEND_FOR:
+        if has_units(precision, flags):
+            return precision
+    return "fp32"
 
 
 def resolve_precision(

@@ -28,6 +28,9 @@ import numpy as np
 from engine.transforms import preprocess_image
 
 DEFAULT_CALIBRATION_COUNT = 8
+# bump when the synthetic set, the calibration or the quantised operators change: cached int8
+# encoders are rebuilt
+CALIBRATION_VERSION = "v1"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Only these operators are quantised: the convolutions and matrix products carry all but a
 # sliver of the encoder's arithmetic; element-wise ops stay float (no gain, only error).
@@ -49,7 +52,9 @@ def synthetic_images(
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         base = np.stack(
             [
-                rng.uniform(40, 200) + rng.uniform(-80, 80) * (xx / w) + rng.uniform(-60, 60) * (yy / h)
+                rng.uniform(40, 200)
+                + rng.uniform(-80, 80) * (xx / w)
+                + rng.uniform(-60, 60) * (yy / h)
                 for _ in range(3)
             ],
             axis=-1,
@@ -207,3 +212,26 @@ def onnx_precision(path: str | os.PathLike[str]) -> str:
     from engine.export import read_metadata
 
     return read_metadata(path).get("edgesam.precision", "fp32")
+
+
+def quantize_cached(fp32_encoder: Path, fp32_decoder: Path) -> tuple[Path, Path]:
+    """The int8 pair for an exported fp32 pair, calibrated on `synthetic_images()`: written
+    once into an `int8-<version>` folder beside it (what `OnnxRuntimeBackend.from_path` loads
+    for precision int8 from a checkpoint)."""
+    target = fp32_encoder.parent / f"int8-{CALIBRATION_VERSION}"
+    enc, dec = target / fp32_encoder.name, target / fp32_decoder.name
+    if enc.is_file() and dec.is_file():
+        return enc, dec
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-int8-", dir=fp32_encoder.parent))
+    try:
+        name = fp32_encoder.name[: -len("_encoder.onnx")]
+        write_int8_pair(fp32_encoder, fp32_decoder, tmp, name)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race; use its files
+            if not (enc.is_file() and dec.is_file()):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return enc, dec

@@ -44,7 +44,10 @@ class Settings(BaseSettings):
     # fastest CPU backend as measured (ONNX Runtime); `runtime()` resolves it at start-up.
     backend: Literal["torch", "onnxruntime", "tensorrt", "auto"] = "auto"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    # fp32 (exact, the default); fp16/bf16 on a GPU; bf16 (PyTorch) or int8 (ONNX Runtime) on
+    # a CPU with the units (engine.precision); auto: bf16 where this CPU has the units (and
+    # the backend is auto or torch), else fp32. `runtime_precision()` resolves it.
+    precision: Literal["fp32", "fp16", "bf16", "int8", "auto"] = "fp32"
     engine_cache_dir: Path = Field(default_factory=lambda: default_cache_root() / "engines")
     torch_threads: Optional[int] = Field(None, ge=1, le=256)
     # PyTorch on CUDA: torch.compile (1.7x the eager fp16 encoder on an H100; each batch
@@ -150,13 +153,15 @@ class Settings(BaseSettings):
             raise ValueError(f"{' and '.join(torch_only)} need EDGESAM_BACKEND=torch")
         if self.grpc_port and self.grpc_port == self.http_port:
             raise ValueError("EDGESAM_GRPC_PORT and EDGESAM_HTTP_PORT must differ")
-        if self.device.startswith("cpu") and self.precision != "fp32":
-            raise ValueError("EDGESAM_PRECISION must be fp32 on the CPU")
+        if self.device.startswith("cpu") and self.precision == "fp16":
+            raise ValueError("EDGESAM_PRECISION=fp16 needs a GPU; on the CPU: bf16 or int8")
+        if self.device.startswith("cuda") and self.precision == "int8":
+            raise ValueError("EDGESAM_PRECISION=int8 runs on the CPU (ONNX Runtime)")
         return self
 
     def cache_storage_dtype(self, encoder_precision: str) -> str:
         """The dtype embeddings and masks are cached in, `auto` resolved for an encoder
-        computing in `encoder_precision` (fp32, fp16, bf16)."""
+        computing in `encoder_precision` (fp32, fp16, bf16, int8)."""
         if self.cache_dtype != "auto":
             return self.cache_dtype
         return "float32" if encoder_precision == "fp32" else "float16"
@@ -171,19 +176,51 @@ class Settings(BaseSettings):
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-            if device == "cpu" and self.precision != "fp32":
+            if device == "cpu" and self.precision == "fp16":
                 raise ValueError(
                     f"EDGESAM_PRECISION={self.precision} needs a GPU; EDGESAM_DEVICE=auto found none"
                 )
+            if device == "cuda" and self.precision == "int8":
+                raise ValueError("EDGESAM_PRECISION=int8 runs on the CPU (ONNX Runtime)")
         backend = self.backend
         if backend == "auto":
             from engine.backends.select import auto_backend_name
+            from engine.precision import AUTO_BACKEND_FOR, auto_cpu_precision, cpu_backend_for
 
             wants_torch = (
                 self.priors_checkpoint is not None or self.torch_compile or self.torch_triton_mixer
             )
-            backend = "torch" if wants_torch else auto_backend_name(device)
+            on_cpu = device == "cpu"
+            # an explicit CPU precision runs in the one backend that has it
+            pinned = cpu_backend_for(self.precision) if on_cpu else None
+            if on_cpu and self.precision == "auto":
+                pinned = AUTO_BACKEND_FOR.get(auto_cpu_precision())
+            backend = "torch" if wants_torch else pinned or auto_backend_name(device)
         return backend, device
+
+    def runtime_precision(self) -> Tuple[str, str, str]:
+        """(backend, device, precision) with every `auto` resolved: `auto` precision is the
+        backend's reduced precision where this CPU has its units, else fp32; an explicit CPU
+        precision the CPU lacks the units for is refused (it would run slower than fp32)."""
+        from engine.precision import check_cpu_precision, resolve_precision
+
+        backend, device = self.runtime()
+        precision = self.precision
+        if self.checkpoint is not None and self.checkpoint.suffix == ".onnx":
+            from engine.quantize import onnx_precision
+
+            # an ONNX file runs in ONNX Runtime (engine.loader), in the precision it was
+            # written in: `auto` takes that precision (an int8 encoder is an explicit choice)
+            backend = "onnxruntime" if backend in ("auto", "torch") else backend
+            if precision == "auto":
+                precision = onnx_precision(self.checkpoint)
+        precision = resolve_precision(precision, backend, device)
+        if device == "cpu":
+            try:
+                check_cpu_precision(precision, backend)
+            except ValueError as exc:
+                raise ValueError(f"EDGESAM_PRECISION={self.precision}: {exc}") from None
+        return backend, device, precision
 
     def api_key_values(self) -> List[bytes]:
         return [k.get_secret_value().encode() for k in self.api_keys]

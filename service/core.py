@@ -376,6 +376,7 @@ class SegmentationService:
         self.state = "ready"
         self.metrics.ready.set(0 if self._draining else 1)
         info = self.backend.info
+        self.metrics.backend_info.labels(info.name, info.device, info.precision).set(1)
         log.info(
             "ready: backend=%s device=%s precision=%s fingerprint=%s cache=%s (%s)",
             info.name,
@@ -390,7 +391,7 @@ class SegmentationService:
         from engine.loader import load_model
 
         s = self.settings
-        backend, device = s.runtime()
+        backend, device, precision = s.runtime_precision()
         options: dict[str, object] = {}
         if backend == "torch":
             if s.torch_threads:
@@ -404,9 +405,17 @@ class SegmentationService:
         if backend == "tensorrt":
             options["engine_cache_dir"] = str(s.engine_cache_dir)
         chosen = f"{backend}, chosen by EDGESAM_BACKEND=auto" if s.backend == "auto" else backend
-        log.info("loading %s on %s (%s)", self.checkpoint or "random weights", device, chosen)
+        log.info(
+            "loading %s on %s (%s, %s)",
+            self.checkpoint or "random weights",
+            device,
+            chosen,
+            precision
+            if s.precision != "auto"
+            else f"{precision}, chosen by EDGESAM_PRECISION=auto",
+        )
         return load_model(
-            self.checkpoint, device=device, backend=backend, precision=s.precision, **options
+            self.checkpoint, device=device, backend=backend, precision=precision, **options
         )
 
     def begin_drain(self) -> None:

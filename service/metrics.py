@@ -79,6 +79,12 @@ class Metrics:
             "edgesam_queue_depth", "Requests waiting or running", ["queue"], registry=r
         )
         self.ready = Gauge("edgesam_ready", "1 when ready to serve", registry=r)
+        self.backend_info = Gauge(
+            "edgesam_backend_info",
+            "1 for the backend serving, its device and the precision its encoder computes in",
+            ["backend", "device", "precision"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
