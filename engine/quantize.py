@@ -30,7 +30,7 @@ from engine.transforms import preprocess_image
 DEFAULT_CALIBRATION_COUNT = 8
 # bump when the synthetic set, the calibration or the quantised operators change: cached int8
 # encoders are rebuilt
-CALIBRATION_VERSION = "v2"
+CALIBRATION_VERSION = "v3"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Only these operators are quantised: the convolutions and matrix products carry all but a
 # sliver of the encoder's arithmetic; element-wise ops stay float (no gain, only error).
@@ -76,8 +76,28 @@ def synthetic_images(
             else:
                 pts = rng.integers(0, [w, h], (int(rng.integers(3, 7)), 2)).astype(np.int32)
                 cv2.fillPoly(img, [pts], colour)
-        texture = rng.normal(0, rng.uniform(4, 30), (h, w, 3)).astype(np.float32)
-        texture = cv2.GaussianBlur(texture, (0, 0), float(rng.uniform(0.5, 3.0)))
+        # fine detail (small shapes, thin lines, stripes): photographs have plenty, and
+        # without it the ranges calibrated here clip real images' activations
+        for _ in range(int(rng.integers(30, 80))):
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            if rng.integers(0, 2):
+                cv2.circle(img, centre, int(rng.integers(2, 20)), colour, -1)
+            else:
+                end = (
+                    centre[0] + int(rng.integers(-80, 80)),
+                    centre[1] + int(rng.integers(-80, 80)),
+                )
+                cv2.line(img, centre, end, colour, int(rng.integers(1, 4)))
+        y0, x0 = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+        period = float(rng.uniform(3, 12))
+        stripes = 127.5 + 127.5 * np.sin(2 * np.pi * (xx + yy * rng.uniform(-1, 1)) / period)
+        patch = (slice(y0, y0 + h // 3), slice(x0, x0 + w // 3))
+        img[patch] = (0.5 * img[patch] + 0.5 * stripes[patch][..., None]).astype(np.uint8)
+        texture = np.zeros((h, w, 3), np.float32)
+        for sigma in (0.7, 2.0, 6.0):
+            noise = rng.normal(0, rng.uniform(4, 25), (h, w, 3)).astype(np.float32)
+            texture += cv2.GaussianBlur(noise, (0, 0), sigma) * sigma**0.5
         img = np.clip(img.astype(np.float32) + texture, 0, 255).astype(np.uint8)
         images.append(np.ascontiguousarray(img))
     return images
