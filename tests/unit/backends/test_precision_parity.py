@@ -77,8 +77,8 @@ def test_fp16_is_refused_on_the_cpu(case_a_model: EdgeSam) -> None:
 def int8_pair(exported: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> tuple:
     out = tmp_path_factory.mktemp("int8")
     images = synthetic_images(2, size=512)
-    # min-max: with two images the default percentile ranges clip case A's activations
-    # (embedding error 0.51 against 0.3); the 8-image default is measured in the docs
+    # two images at 512 keep the test fast (the default calibrates on eight; figures for it
+    # in docs/performance.md); min-max, the default method
     return write_int8_pair(
         exported["encoder"],
         exported["decoder"],
