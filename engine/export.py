@@ -456,29 +456,19 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
     for path in split_decoder_paths(pair.decoder):
         _print(f"wrote {path}")
     _print(f"fingerprint {pair.fingerprint}")
-    if args.int8:
-        _write_int8(args, pair)
+    if args.int8:  # the statically quantised encoder beside the fp32 pair
+        from engine.quantize import export_int8
+
+        export_int8(
+            pair.encoder,
+            pair.decoder,
+            args.out_dir,
+            args.name,
+            args.calibration_images,
+            args.calibration_limit,
+            _print,
+        )
     return 0
-
-
-def _write_int8(args: argparse.Namespace, pair: OnnxPair) -> None:
-    """--int8: the statically quantised encoder beside the fp32 pair (engine.quantize)."""
-    from engine.quantize import read_images, synthetic_images, write_int8_pair
-
-    if args.calibration_images:
-        images = read_images(args.calibration_images, args.calibration_limit)
-        what = f"{len(images)} images from {args.calibration_images}"
-    else:
-        images = synthetic_images(args.calibration_limit or 8)
-        what = f"{len(images)} synthetic images (engine.quantize.synthetic_images)"
-    _print(f"[int8] calibrating on {what}; quantising Conv/MatMul (QDQ, per-channel weights)")
-    start = time.perf_counter()
-    enc, dec = write_int8_pair(
-        pair.encoder, pair.decoder, Path(args.out_dir), f"{args.name}_int8", images=images
-    )
-    _print(f"  done in {time.perf_counter() - start:.1f}s ({enc.stat().st_size / 1e6:.1f} MB)")
-    _print(f"wrote {enc} (float decoder beside it: {dec.name})")
-    _print("measure it on your images: python -m engine.fidelity --precision int8 ...")
 
 
 def _cmd_tensorrt(args: argparse.Namespace) -> int:

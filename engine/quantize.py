@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +247,35 @@ def write_int8_pair(
         for src, dst in zip(split_decoder_paths(fp32_decoder), split_decoder_paths(dec)):
             if src.is_file():
                 shutil.copyfile(src, dst)
+    return enc, dec
+
+
+def export_int8(
+    fp32_encoder: str | os.PathLike[str],
+    fp32_decoder: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    name: str,
+    calibration_images: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+    progress: Callable[[str], None] = print,
+) -> tuple[Path, Path]:
+    """`python -m engine.export onnx --int8 [--calibration-images DIR]`: `<name>_int8_*`
+    files in `out_dir`, calibrated on the images in `calibration_images` (at most `limit`),
+    or on `synthetic_images`."""
+    if calibration_images:
+        images = read_images(calibration_images, limit)
+        what = f"{len(images)} images from {calibration_images}"
+    else:
+        images = synthetic_images(limit or DEFAULT_CALIBRATION_COUNT)
+        what = f"{len(images)} synthetic images (engine.quantize.synthetic_images)"
+    progress(f"[int8] calibrating on {what}; quantising Conv/MatMul (QDQ, per-channel weights)")
+    start = time.perf_counter()
+    enc, dec = write_int8_pair(
+        Path(fp32_encoder), Path(fp32_decoder), Path(out_dir), f"{name}_int8", images=images
+    )
+    progress(f"  done in {time.perf_counter() - start:.1f}s ({enc.stat().st_size / 1e6:.1f} MB)")
+    progress(f"wrote {enc} (float decoder files beside it: {dec.name}, ...)")
+    progress("measure it on your images: python -m engine.fidelity --precision int8 ...")
     return enc, dec
 
 

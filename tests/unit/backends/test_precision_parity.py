@@ -151,3 +151,27 @@ def test_quantise_reads_a_calibration_folder(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(ValueError, match="no images"):
         read_images(empty)
+
+
+def test_export_int8_writes_a_servable_pair(exported: dict[str, object], tmp_path: Path) -> None:
+    """What `python -m engine.export onnx --int8 --calibration-images DIR` runs after the fp32
+    export: <name>_int8_encoder.onnx plus the float decoder files beside it."""
+    from PIL import Image
+
+    from engine.export import split_decoder_paths
+    from engine.quantize import export_int8
+
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    Image.fromarray(synthetic_images(1, size=320)[0]).save(folder / "a.png")
+    said: list[str] = []
+    enc, dec = export_int8(
+        exported["encoder"], exported["decoder"], tmp_path, "m", folder, progress=said.append
+    )
+    assert "1 images from" in said[0]
+    assert (enc, dec) == (tmp_path / "m_int8_encoder.onnx", tmp_path / "m_int8_decoder.onnx")
+    assert onnx_precision(enc) == "int8"
+    assert all(p.is_file() for p in split_decoder_paths(dec))
+    backend = OnnxRuntimeBackend(enc, precision="int8", intra_op_num_threads=1)
+    assert backend.info.details["split_decoder"] == "true"
+    assert backend.info.details["int8_calibration"].startswith("1 images, minmax")
