@@ -35,8 +35,8 @@ CALIBRATION_VERSION = "v4"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Only these operators are quantised: the convolutions and matrix products carry all but a
 # sliver of the encoder's arithmetic; element-wise ops stay float (no gain, only error).
-# Depthwise convolutions stay float too: on case A quantising them as well took the embedding
-# error from 0.16 to 0.23 for about 2% of the time (docs/performance.md).
+# Depthwise convolutions stay float too: with case A's weights, quantising them as well took the
+# embedding error from 0.16 to 0.23 on a held-out image (docs/performance.md).
 OP_TYPES = ("Conv", "MatMul")
 # min-max keeps two numbers per tensor and image; the histogram methods (percentile, entropy)
 # keep every intermediate tensor of every image (8 images at 1024: 8.7 GB, OOM-killed here)
