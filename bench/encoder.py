@@ -9,6 +9,18 @@ interleaved round-robin over the backends, so load from other processes on a sha
 hits all of them alike; compare the ratios.
 Baseline is `torch-eager`: the official implementation's path (unfused PyTorch fp32 encoder,
 official two-step F.interpolate post-processing in predict).
+
+Reduced precisions on the CPU, beside fp32 in the same run (docs/performance.md, "CPU reduced
+precision (bf16, int8)"):
+
+    .venv/bin/python bench/encoder.py --backend torch onnxruntime --precision bf16 int8 \
+        --everything 8 --threads 1 --clock process
+
+`--precision bf16` adds `torch-bf16`, `int8` adds `onnxruntime-int8` (quantised once, on
+the default synthetic calibration set); `--everything N` also times everything mode at NxN
+points. `--clock process` times CPU seconds of this process instead of wall time: on a
+machine other processes load, with one thread, it counts this work alone (with several
+threads it also counts their spin-waits).
 """
 
 from __future__ import annotations
@@ -55,6 +67,16 @@ def make_backend(name: str, weights: Path | None, threads: int, device: str) -> 
         return OnnxRuntimeBackend.from_path(
             weights, device=device, intra_op_num_threads=threads, decoder_runtime="torch"
         )
+    if name == "torch-bf16":
+        from engine.backends.torch_backend import TorchBackend
+
+        return TorchBackend(build_edge_sam(weights), device=device, precision="bf16")
+    if name == "onnxruntime-int8":
+        from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend.from_path(
+            weights, device=device, intra_op_num_threads=threads, precision="int8"
+        )
     if name == "onnxruntime-official":
         from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -67,10 +89,14 @@ def make_backend(name: str, weights: Path | None, threads: int, device: str) -> 
     raise SystemExit(f"unknown backend {name}")
 
 
+CLOCK: Callable[[], float] = time.perf_counter
+PRECISION_BACKENDS = {"bf16": "torch-bf16", "int8": "onnxruntime-int8"}
+
+
 def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+    start = CLOCK()
     fn()
-    return (time.perf_counter() - start) * 1e3
+    return (CLOCK() - start) * 1e3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,18 +115,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", type=Path, default=CASE_A if CASE_A.is_file() else None)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32"],
+        choices=("fp32", *PRECISION_BACKENDS),
+        help="reduced CPU precisions to time beside fp32 (bf16: torch-bf16, int8: "
+        "onnxruntime-int8)",
+    )
+    parser.add_argument(
+        "--everything", type=int, default=0, help="also time everything mode at NxN points"
+    )
+    parser.add_argument("--everything-runs", type=int, default=3)
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "process"),
+        default="wall",
+        help="wall time, or this process's CPU time (use with --threads 1 on a shared machine)",
+    )
+    parser.add_argument(
+        "--official-ms",
+        nargs="*",
+        default=[],
+        metavar="MEASURE=MS",
+        help="the official implementation's figures on this machine (e.g. set_image=596 "
+        "everything_8=...), replacing the stored ones from a 2-core AVX2 machine",
+    )
     args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "process" else time.perf_counter
+    official_ms = dict(OFFICIAL_MS)
+    for item in args.official_ms:
+        key, _, value = item.partition("=")
+        official_ms[key] = float(value)
 
     torch.set_num_threads(args.threads)
     from engine.runtime import tune_allocator
 
     tune_allocator()  # as the service does; every backend in this process shares it
-    names = ["torch-eager", *[b for b in args.backend if b != "torch-eager"]]
+    wanted = [*args.backend, *(PRECISION_BACKENDS[p] for p in args.precision if p != "fp32")]
+    names = ["torch-eager", *dict.fromkeys(b for b in wanted if b != "torch-eager")]
     print(
         f"torch {torch.__version__}, threads {args.threads}, device {args.device}, "
-        f"weights {args.weights or 'random'}; median of {args.runs} interleaved runs",
+        f"weights {args.weights or 'random'}; median of {args.runs} interleaved runs, "
+        f"{args.clock} clock",
         flush=True,
     )
+    from engine.precision import cpu_units
+
+    print(f"CPU reduced-precision units: {', '.join(cpu_units()) or 'none'}", flush=True)
     backends = {}
     for name in names:
         start = time.perf_counter()
@@ -113,12 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     point = {"point_coords": np.array([[200.0, 300.0]]), "point_labels": np.array([1])}
     results: dict[str, dict[str, float]] = {n: {} for n in names}
 
-    def measure(label: str, make: Callable[[str, Backend], Callable[[], object]]) -> None:
+    def measure(
+        label: str, make: Callable[[str, Backend], Callable[[], object]], runs: int = args.runs
+    ) -> None:
         jobs = {n: make(n, b) for n, b in backends.items()}
         for job in jobs.values():
             job()  # warm this shape
         samples: dict[str, list[float]] = {n: [] for n in names}
-        for _ in range(args.runs):
+        for _ in range(runs):
             for n, job in jobs.items():
                 samples[n].append(timed(job))
         for n in names:
@@ -148,6 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     # SAM's multimask answer (3 masks): backends that upscale only the masks asked for
     # (PyTorch, ONNX Runtime's split decoder) pay more here than for the single mask
     measure("predict_3", lambda n, b: predict_job(n, b, 3))
+    if args.everything:
+        from engine.amg import EdgeSamAutomaticMaskGenerator
+
+        side = args.everything
+
+        def everything_job(n: str, b: Backend) -> Callable[[], object]:
+            amg = EdgeSamAutomaticMaskGenerator(b, points_per_side=side)
+            return lambda: amg.generate(photo)
+
+        measure(f"everything_{side}", everything_job, args.everything_runs)
 
     base = results["torch-eager"]
     print()
@@ -158,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         for label, ms in results[n].items():
             bs = int(label[len("encode_b") :]) if label.startswith("encode_b") else 1
-            official = OFFICIAL_MS.get(
-                label, OFFICIAL_MS["encoder"] if bs == 1 and label.startswith("encode") else None
+            official = official_ms.get(
+                label, official_ms["encoder"] if bs == 1 and label.startswith("encode") else None
             )
             vs_off = f"{ms / official:10.2f}x" if official else f"{'':>11s}"
             print(
@@ -169,7 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"threads": args.threads, "runs": args.runs, "results_ms": results}, indent=2
+                {
+                    "threads": args.threads,
+                    "runs": args.runs,
+                    "clock": args.clock,
+                    "official_ms": official_ms,
+                    "results_ms": results,
+                },
+                indent=2,
             )
         )
         print(f"wrote {args.json}")

@@ -47,6 +47,9 @@ META_FORMAT_VERSION = "edgesam.format_version"
 META_FINGERPRINT = "edgesam.fingerprint"
 META_ROLE = "edgesam.role"
 META_UPSAMPLE_MODE = "edgesam.upsample_mode"
+# int8 on encoders `engine.quantize` wrote (absent: fp32), with how they were calibrated
+META_PRECISION = "edgesam.precision"
+META_INT8_CALIBRATION = "edgesam.int8_calibration"
 ROLES = ("encoder", "decoder", "decoder_image", "decoder_prompt")
 
 

@@ -46,10 +46,14 @@ class Settings(BaseSettings):
     allow_random_weights: bool = False
     weights_dir: Path = Field(default_factory=lambda: default_cache_root() / "weights")
     # auto: TensorRT where it imports and a GPU is present, else PyTorch on CUDA, else the
-    # fastest CPU backend as measured (ONNX Runtime); `runtime()` resolves it at start-up.
+    # fastest CPU backend as measured (ONNX Runtime), or the one that runs EDGESAM_PRECISION
+    # on the CPU; `engine.backends.registry` resolves it at start-up (`runtime()`).
     backend: Literal["torch", "onnxruntime", "tensorrt", "auto"] = "auto"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    # fp32 (exact, the default); fp16/bf16 on a GPU; bf16 (PyTorch) or int8 (ONNX Runtime) on
+    # a CPU with the units (engine.precision); auto: bf16 where this CPU has the units (and
+    # the backend is auto or torch), else fp32. Resolved with the backend (`runtime_precision`).
+    precision: Literal["fp32", "fp16", "bf16", "int8", "auto"] = "fp32"
     engine_cache_dir: Path = Field(default_factory=lambda: default_cache_root() / "engines")
     torch_threads: Optional[int] = Field(None, ge=1, le=256)
     # PyTorch on CUDA: torch.compile (each batch bucket compiles at start-up; speed-up and
@@ -241,8 +245,10 @@ class Settings(BaseSettings):
             raise ValueError("EDGESAM_TENANT_ISOLATION is not supported with EDGESAM_ROLE=decoder")
         if self.grpc_port and self.grpc_port == self.http_port:
             raise ValueError("EDGESAM_GRPC_PORT and EDGESAM_HTTP_PORT must differ")
-        if self.device.startswith("cpu") and self.precision != "fp32":
-            raise ValueError("EDGESAM_PRECISION must be fp32 on the CPU")
+        if self.device.startswith("cpu") and self.precision == "fp16":
+            raise ValueError("EDGESAM_PRECISION=fp16 needs a GPU; on the CPU: bf16 or int8")
+        if self.device.startswith("cuda") and self.precision == "int8":
+            raise ValueError("EDGESAM_PRECISION=int8 runs on the CPU (ONNX Runtime)")
         return self
 
     def _check_tls(self) -> None:
@@ -282,7 +288,7 @@ class Settings(BaseSettings):
 
     def cache_storage_dtype(self, encoder_precision: str) -> str:
         """The dtype embeddings and masks are cached in, `auto` resolved for an encoder
-        computing in `encoder_precision` (fp32, fp16, bf16)."""
+        computing in `encoder_precision` (fp32, fp16, bf16, int8)."""
         if self.cache_dtype != "auto":
             return self.cache_dtype
         return "float32" if encoder_precision == "fp32" else "float16"
@@ -303,19 +309,40 @@ class Settings(BaseSettings):
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cpu" and self.precision != "fp32":
+        if device == "cpu" and self.precision == "fp16":
             raise ValueError(
                 f"EDGESAM_PRECISION={self.precision} needs a GPU; EDGESAM_DEVICE=auto found none"
             )
+        if device == "cuda" and self.precision == "int8":
+            raise ValueError("EDGESAM_PRECISION=int8 runs on the CPU (ONNX Runtime)")
         return device
 
     def runtime(self) -> Tuple[str, str]:
         """(backend, device) with `auto` resolved on this machine, as `service.backend` loads
-        them: the backend is `engine.backends.registry`'s choice for the device."""
-        from engine.backends.registry import resolve_backend_name  # torch: see resolved_device
+        them (`runtime_precision`)."""
+        backend, device, _ = self.runtime_precision()
+        return backend, device
+
+    def runtime_precision(self) -> Tuple[str, str, str]:
+        """(backend, device, precision) with every `auto` resolved by
+        `engine.backends.registry`, as `service.backend` loads them: `auto` precision is the
+        backend's reduced precision where this CPU has its units, else fp32; an explicit CPU
+        precision the CPU lacks the units for is refused (it would run slower than fp32)."""
+        from engine.backends.registry import BackendArgs  # torch: see resolved_device
 
         device = self.resolved_device()
-        return resolve_backend_name(self.backend, device, needs_torch=self.needs_torch), device
+        try:
+            args = BackendArgs.resolve(
+                self.checkpoint,
+                backend=self.backend,
+                device=device,
+                precision=self.precision,
+                needs_torch=self.needs_torch,
+                check_units=True,
+            )
+        except ValueError as exc:
+            raise ValueError(f"EDGESAM_PRECISION={self.precision}: {exc}") from None
+        return args.backend, args.device, args.precision
 
     def api_key_values(self) -> List[bytes]:
         return [k.get_secret_value().encode() for k in self.api_keys]

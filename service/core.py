@@ -197,6 +197,7 @@ class SegmentationService:
         self.state = "ready"
         self.metrics.ready.set(0 if self._draining else 1)
         info = self.backend.info
+        self.metrics.backend_info.labels(info.name, info.device, info.precision).set(1)
         log.info(
             "ready: backend=%s device=%s precision=%s fingerprint=%s cache=%s (%s)",
             info.name,

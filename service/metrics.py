@@ -100,6 +100,12 @@ class Metrics:
         # process_resident_memory_bytes and friends (Linux): memory per replica, for the
         # dashboard and the memory alert (deploy/monitoring)
         ProcessCollector(registry=r)
+        self.backend_info = Gauge(
+            "edgesam_backend_info",
+            "1 for the backend serving, its device and the precision its encoder computes in",
+            ["backend", "device", "precision"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -41,11 +41,14 @@ from engine.onnx_format import (
     DECODER_OUTPUTS,
     FORMAT_VERSION,
     IMAGE_SIDE_OUTPUTS,
+    META_INT8_CALIBRATION,
+    META_PRECISION,
     PROMPT_DECODER_INPUTS,
     file_digest,
     read_metadata,
     split_decoder_paths,
 )
+from engine.quantize import quantize_cached
 from engine.tensor_cache import PerTensorCache
 
 log = logging.getLogger(__name__)
@@ -103,16 +106,18 @@ def plan_providers(
 ) -> list[tuple[str, dict[str, str]]]:
     """The (provider, options) list to create sessions with, most preferred first.
 
-    cpu -> CPU only (fp32). cuda:N -> CUDA (fp32), then CPU for the few nodes CUDA lacks;
+    cpu -> CPU only (fp32, or int8 with an encoder from `engine.quantize`). cuda:N -> CUDA (fp32), then CPU for the few nodes CUDA lacks;
     with use_tensorrt, TensorRT first (fp32 or fp16, engine cache under trt_cache_dir).
     """
     kind, index = parse_device(device)
     if kind == "cpu":
         if use_tensorrt:
             raise ValueError("the TensorRT execution provider needs a cuda device")
-        if precision != "fp32":
-            raise ValueError("ONNX Runtime on the CPU runs fp32 only")
+        if precision not in ("fp32", "int8"):
+            raise ValueError("ONNX Runtime on the CPU runs fp32 or int8")
         return [(CPU_EP, {})]
+    if precision == "int8":
+        raise ValueError("the int8 encoder runs on the CPU execution provider")
     plan: list[tuple[str, dict[str, str]]] = []
     if use_tensorrt:
         trt_opts = {"device_id": str(index), "trt_fp16_enable": str(precision == "fp16")}
@@ -257,6 +262,13 @@ class OnnxRuntimeBackend(Backend):
             self._open_split_decoder(ort, opts, plan, available)
 
         meta = read_metadata(self.encoder_path)
+        file_precision = meta.get(META_PRECISION, "fp32")
+        if (file_precision == "int8") != (precision == "int8"):
+            raise BackendError(
+                f"{self.encoder_path.name} is an {file_precision} encoder but precision "
+                f"{precision!r} was asked for (int8 encoders: `python -m engine.export onnx "
+                "--int8`, run with precision int8)"
+            )
         if fingerprint is None:
             fingerprint = meta.get("edgesam.fingerprint") or (
                 "onnx-" + file_digest(self.encoder_path, 8) + file_digest(self.decoder_path, 8)
@@ -278,6 +290,11 @@ class OnnxRuntimeBackend(Backend):
                 "decoder": self.decoder_path.name,
                 "upsample_mode": meta.get("edgesam.upsample_mode", "bilinear (official export)"),
                 "split_decoder": str(self._prompt_sess is not None).lower(),
+                **(
+                    {"int8_calibration": meta.get(META_INT8_CALIBRATION, "")}
+                    if file_precision == "int8"
+                    else {}
+                ),
             },
         )
 
@@ -345,7 +362,9 @@ class OnnxRuntimeBackend(Backend):
         **options: Any,
     ) -> OnnxRuntimeBackend:
         """`<name>_encoder.onnx` (ours or official); or a .pth/.safetensors checkpoint, exported
-        once into the cache folder (EDGESAM_CACHE_DIR or ~/.cache/edgesam) and reused.
+        once into the cache folder (EDGESAM_CACHE_DIR or ~/.cache/edgesam) and reused; with
+        precision int8 its encoder is also quantised once (`engine.quantize.quantize_cached`,
+        the default synthetic calibration set).
 
         decoder_runtime="torch" (checkpoints only) decodes with the PyTorch model instead:
         on a CPU ONNX Runtime runs the encoder faster and PyTorch, whose decoder caches the
@@ -355,6 +374,8 @@ class OnnxRuntimeBackend(Backend):
         if path is not None and Path(path).suffix == ".onnx":
             return cls(path, decoder_path, device, precision, **options)
         encoder, decoder = export_cached(path, cache_dir, upsample_mode)
+        if precision == "int8":
+            encoder, decoder = quantize_cached(encoder, decoder)
         try:
             backend = cls(encoder, decoder, device, precision, **options)
         finally:

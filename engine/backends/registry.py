@@ -6,8 +6,11 @@ that is passed down whole (callers never string-match backend names).
     backend = create_backend(args)
 
 `auto` on a GPU: TensorRT where it imports, else PyTorch on CUDA. On a CPU: the fastest CPU
-backend as measured by `bench/encoder.py` (docs/performance.md): ONNX Runtime, then PyTorch.
-An `.onnx` model file asked of `auto` or `torch` runs in ONNX Runtime.
+backend as measured by `bench/encoder.py` (docs/performance.md): ONNX Runtime, then PyTorch;
+but an explicit CPU precision runs in the one backend that has it (bf16: PyTorch, int8: ONNX
+Runtime), and `auto` precision moves to the backend of the reduced precision this CPU has the
+units for (`engine.precision`). An `.onnx` model file asked of `auto` or `torch` runs in ONNX
+Runtime, and `auto` precision takes the precision that file was written in.
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
 from engine.backends.tensorrt_backend import TensorRTBackend
 from engine.backends.torch_backend import TorchBackend
 from engine.build_edge_sam import build_edge_sam
+from engine.precision import (
+    AUTO_BACKEND_FOR,
+    auto_cpu_precision,
+    check_cpu_precision,
+    cpu_backend_for,
+    resolve_precision,
+)
+from engine.quantize import onnx_precision
 
 AUTO = "auto"
 # Order measured with bench/encoder.py on the 2-core CPU (figures in docs/performance.md):
@@ -126,23 +137,65 @@ def auto_backend_name(device: str = "cpu") -> str:
     )
 
 
+def _is_onnx(path: str | os.PathLike[str] | None) -> bool:
+    return path is not None and Path(path).suffix == ".onnx"
+
+
+def _on_cpu(device: str) -> bool:
+    return str(device).partition(":")[0] == "cpu"
+
+
 def resolve_backend_name(
     backend: str | None,
     device: str = "cpu",
     path: str | os.PathLike[str] | None = None,
     needs_torch: bool = False,
+    precision: str = "fp32",
 ) -> str:
     """A backend name from BACKEND_NAMES for `backend` (a name, "auto" or None).
 
     needs_torch: an option only the PyTorch model has is on (granularity priors, compile, the
-    Triton kernel), so `auto` means PyTorch."""
+    Triton kernel), so `auto` means PyTorch. precision: on a CPU an explicit bf16 or int8
+    pins `auto` to the backend that runs it, and `auto` to the backend of the precision this
+    CPU runs natively (`engine.precision.AUTO_BACKEND_FOR`)."""
     if backend is not None and backend != AUTO and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: use {', '.join(BACKEND_NAMES)} or {AUTO}")
-    if path is not None and Path(path).suffix == ".onnx" and backend in (None, AUTO, "torch"):
+    if _is_onnx(path) and backend in (None, AUTO, "torch"):
         return "onnxruntime"
-    if backend in (None, AUTO):
-        return "torch" if needs_torch else auto_backend_name(device)
-    return backend
+    if backend not in (None, AUTO):
+        return backend
+    if needs_torch:
+        return "torch"
+    if _on_cpu(device):
+        if precision == AUTO:
+            pinned = AUTO_BACKEND_FOR.get(auto_cpu_precision())
+        else:
+            pinned = cpu_backend_for(precision)
+        if pinned is not None:
+            return pinned
+    return auto_backend_name(device)
+
+
+def resolve_precision_name(
+    precision: str,
+    backend: str,
+    device: str = "cpu",
+    path: str | os.PathLike[str] | None = None,
+    check_units: bool = False,
+) -> str:
+    """`precision` for the resolved `backend`, `auto` resolved: an ONNX file's own precision
+    (an int8 encoder is an explicit choice), else `engine.precision.resolve_precision` (the
+    backend's reduced precision where this CPU has its units, else fp32).
+
+    check_units: on a CPU, refuse (ValueError) a precision the backend does not run there or
+    this CPU lacks the units for (it would run slower than fp32); the service refuses them
+    at start-up, while the library runs them (to measure them, as `engine.fidelity` does)."""
+    if precision == AUTO and _is_onnx(path):
+        precision = onnx_precision(path)  # type: ignore[arg-type]
+    precision = resolve_precision(precision, backend, device)
+    if check_units and _on_cpu(device):
+        check_cpu_precision(precision, backend)
+    return precision
 
 
 def serving_options(backend: str, **knobs: object) -> dict[str, object]:
@@ -168,6 +221,7 @@ class BackendArgs:
     decoder_path: Path | None = None
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     chosen_by_auto: bool = False
+    precision_chosen_by_auto: bool = False
 
     @classmethod
     def resolve(
@@ -180,19 +234,22 @@ class BackendArgs:
         options: Mapping[str, Any] | None = None,
         needs_torch: bool = False,
         knobs: Mapping[str, object] | None = None,
+        check_units: bool = False,
     ) -> BackendArgs:
-        """Resolve `backend` (a name, "auto" or None) once. `options` are the backend's own
-        keywords; `knobs` the service's generic ones, translated for the backend chosen
-        (`serving_options`)."""
-        name = resolve_backend_name(backend, device, path, needs_torch)
+        """Resolve `backend` (a name, "auto" or None) and `precision` (a name or "auto") once.
+        `options` are the backend's own keywords; `knobs` the service's generic ones,
+        translated for the backend chosen (`serving_options`); `check_units`: see
+        `resolve_precision_name`."""
+        name = resolve_backend_name(backend, device, path, needs_torch, precision)
         return cls(
             backend=name,
             device=device,
-            precision=precision,
+            precision=resolve_precision_name(precision, name, device, path, check_units),
             path=None if path is None else Path(path),
             decoder_path=None if decoder_path is None else Path(decoder_path),
             options=MappingProxyType({**serving_options(name, **(knobs or {})), **(options or {})}),
             chosen_by_auto=backend in (None, AUTO),
+            precision_chosen_by_auto=precision == AUTO,
         )
 
     @property

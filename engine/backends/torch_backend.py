@@ -1,5 +1,5 @@
-"""PyTorch backend: CPU (fp32) and CUDA (fp32, fp16, bf16), channels_last, re-parameterised
-encoder, inference mode."""
+"""PyTorch backend: CPU (fp32, bf16) and CUDA (fp32, fp16, bf16), channels_last,
+re-parameterised encoder, inference mode."""
 
 from __future__ import annotations
 
@@ -46,14 +46,20 @@ class TorchBackend(Backend):
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailable("CUDA was asked for but torch sees no CUDA device")
-        if dev.type == "cpu" and precision != "fp32":
-            raise ValueError("the CPU path runs fp32 only")
+        if dev.type == "cpu" and precision == "fp16":
+            raise ValueError("the CPU path runs fp32 or bf16 (fp16 has no fast CPU kernels)")
         if num_threads:
             torch.set_num_threads(num_threads)
         self.model = model.eval().to(dev)
         self.device = dev
         self.dtype = DTYPES[precision]
         self.optimize = optimize
+        # bf16 on a CPU: autocast over fp32 weights. As fast as a bf16 copy of the model
+        # (oneDNN reorders the weights once and caches them) and slightly closer to fp32, as
+        # autocast keeps its fp32-only ops (reductions, softmax) in fp32 (docs/performance.md,
+        # "CPU reduced precision"). The speed needs AVX-512 BF16 or AMX (engine.precision);
+        # elsewhere it runs, correctly and slower than fp32.
+        self._cpu_autocast = dev.type == "cpu" and precision == "bf16"
         self._triton_mixer = self._check_triton_mixer(triton_mixer, dev)
         # channels_last pays on both: oneDNN on the CPU; on an H200 (fp16, batch 32) 1308 img/s
         # against 1052 in NCHW, once the bicubic upsampling is a matmul (bench/gpu_profile.py).
@@ -110,7 +116,7 @@ class TorchBackend(Backend):
             encoder = fuse_encoder(encoder)
             if self._channels_last:
                 encoder = encoder.to(memory_format=torch.channels_last)
-        return encoder.to(self.device, self.dtype)
+        return encoder.to(self.device, torch.float32 if self._cpu_autocast else self.dtype)
 
     def warmup(self, encoder: bool = True) -> None:
         """The base warm-up; with `compile=True` on CUDA also every power-of-two batch bucket
@@ -142,19 +148,20 @@ class TorchBackend(Backend):
             # Half precision crosses the bus both ways: half the bytes of fp32, and the copies,
             # not the network, bound a batch of 32 (bench/gpu_compile.py, host-to-host rows).
             images = images.to(self.dtype)
-        x = images.to(self.device, self.dtype)
+        x = images.to(self.device, torch.float32 if self._cpu_autocast else self.dtype)
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self._compiled is None:
-            out = self._encoder(x)
-        else:
-            # Compiled graphs are specialised to a batch size: pad to a power of two so that a
-            # batcher's varying batches reuse a handful of graphs.
-            n = x.shape[0]
-            bucket = 1 << (n - 1).bit_length()
-            if bucket != n:
-                x = torch.cat([x, x.new_zeros((bucket - n, *x.shape[1:]))])
-            out = self._compiled(x)[:n]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._cpu_autocast):
+            if self._compiled is None:
+                out = self._encoder(x)
+            else:
+                # Compiled graphs are specialised to a batch size: pad to a power of two so
+                # that a batcher's varying batches reuse a handful of graphs.
+                n = x.shape[0]
+                bucket = 1 << (n - 1).bit_length()
+                if bucket != n:
+                    x = torch.cat([x, x.new_zeros((bucket - n, *x.shape[1:]))])
+                out = self._compiled(x)[:n]
         return out.contiguous().cpu().float()
 
     @torch.inference_mode()

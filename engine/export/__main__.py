@@ -2,6 +2,8 @@
 
     python -m engine.export onnx --checkpoint edge_sam_3x.pth --out-dir models/
     python -m engine.export tensorrt --onnx models/edge_sam_3x_encoder.onnx --precision fp16
+    python -m engine.export onnx --checkpoint edge_sam_3x.pth --out-dir models/ --int8 \
+        [--calibration-images DIR]   # also models/edge_sam_int8_{encoder,decoder*}.onnx
 
 The ONNX pair written here (our format, told apart from the official files by the
 `edgesam.format` metadata entry):
@@ -28,6 +30,7 @@ from engine.build_edge_sam import build_edge_sam
 from engine.export.to_onnx import export_onnx
 from engine.export.verify import verify_onnx
 from engine.onnx_format import DEFAULT_OPSET, split_decoder_paths
+from engine.quantize import export_int8
 
 
 def _print(msg: str) -> None:
@@ -70,6 +73,16 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
     for path in split_decoder_paths(pair.decoder):
         _print(f"wrote {path}")
     _print(f"fingerprint {pair.fingerprint}")
+    if args.int8:  # the statically quantised encoder beside the fp32 pair
+        export_int8(
+            pair.encoder,
+            pair.decoder,
+            args.out_dir,
+            args.name,
+            args.calibration_images,
+            args.calibration_limit,
+            _print,
+        )
     return 0
 
 
@@ -127,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
         dest="verify",
         action="store_false",
         help="skip the ONNX Runtime vs PyTorch check",
+    )
+    onnx_p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write <name>_int8_encoder.onnx, statically quantised for CPUs with VNNI",
+    )
+    onnx_p.add_argument(
+        "--calibration-images", help="folder of images to calibrate --int8 on (default: synthetic)"
+    )
+    onnx_p.add_argument(
+        "--calibration-limit", type=int, default=None, help="at most this many calibration images"
     )
     onnx_p.set_defaults(func=_cmd_onnx)
 

@@ -1,5 +1,7 @@
 """The backend registry: names, the automatic choice, options, one resolved args object."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -98,3 +100,45 @@ def test_load_model_builds_the_registered_backend() -> None:
     assert isinstance(backend, TorchBackend) and backend.info.name == "torch"
     with pytest.raises(ValueError, match="unknown backend"):
         load_model(None, backend="tflite")
+
+
+def test_precision_is_resolved_with_the_backend(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On a CPU an explicit bf16/int8 pins `auto` to the backend that runs it; `auto`
+    precision is bf16 (PyTorch) where the CPU has the units, else fp32; an ONNX file's `auto`
+    is the precision it was written in; `check_units` refuses what this CPU lacks."""
+    import onnx
+
+    import engine.precision
+    from engine.backends.registry import BackendArgs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    zen4 = frozenset({"avx2", "avx512_bf16", "avx512_vnni"})
+    monkeypatch.setattr(engine.precision, "cpu_flags", lambda: zen4)
+
+    def resolved(*args: object, **kwargs: object) -> tuple:
+        a = BackendArgs.resolve(*args, **kwargs)  # type: ignore[arg-type]
+        return a.backend, a.precision, a.precision_chosen_by_auto
+
+    assert resolved("w.pth", "auto", "cpu", "auto") == ("torch", "bf16", True)
+    assert resolved("w.pth", "auto", "cpu", "int8") == ("onnxruntime", "int8", False)
+    assert resolved("w.pth", "auto", "cpu", "bf16") == ("torch", "bf16", False)
+    assert resolved("w.pth", "onnxruntime", "cpu", "auto") == ("onnxruntime", "fp32", True)
+    assert resolved("w.pth", "auto", "cpu") == ("onnxruntime", "fp32", False)  # the default
+    with pytest.raises(ValueError, match="bf16 on a CPU runs in the PyTorch backend"):
+        BackendArgs.resolve("w.pth", "onnxruntime", "cpu", "bf16", check_units=True)
+
+    int8_file = tmp_path / "m_int8_encoder.onnx"
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "edgesam.precision", "int8"
+    onnx.save(model, str(int8_file))
+    assert resolved(int8_file, "auto", "cpu", "auto") == ("onnxruntime", "int8", True)
+
+    monkeypatch.setattr(engine.precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert resolved("w.pth", "auto", "cpu", "auto") == ("onnxruntime", "fp32", True)
+    # the library runs an explicit precision (to measure it); the service refuses it
+    assert resolved("w.pth", "auto", "cpu", "bf16") == ("torch", "bf16", False)
+    with pytest.raises(ValueError, match="slower than fp32"):
+        BackendArgs.resolve("w.pth", "auto", "cpu", "bf16", check_units=True)

@@ -126,7 +126,47 @@ def test_auto_cache_dtype_follows_the_encoder_precision() -> None:
     assert auto.cache_storage_dtype("fp32") == "float32"
     assert auto.cache_storage_dtype("fp16") == "float16"
     assert auto.cache_storage_dtype("bf16") == "float16"
+    assert auto.cache_storage_dtype("int8") == "float16"
     assert Settings(cache_dtype="float16").cache_storage_dtype("fp32") == "float16"
     assert Settings(cache_dtype="float32").cache_storage_dtype("fp16") == "float32"
     with pytest.raises(ValueError, match="cache_dtype"):
         Settings(cache_dtype="int8")
+
+
+def test_cpu_precisions_resolve_to_the_backend_that_runs_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bf16 runs in PyTorch, int8 in ONNX Runtime; `auto` is bf16 where the CPU has the
+    units and fp32 elsewhere; fp32 stays the default; a precision the CPU lacks the units for
+    is refused at start-up."""
+    import torch
+
+    import engine.precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    zen4 = frozenset({"avx2", "avx512_bf16", "avx512_vnni"})
+    monkeypatch.setattr(engine.precision, "cpu_flags", lambda: zen4)
+    assert Settings().runtime_precision() == ("onnxruntime", "cpu", "fp32")
+    assert Settings(precision="auto").runtime_precision() == ("torch", "cpu", "bf16")
+    assert Settings(precision="bf16").runtime_precision() == ("torch", "cpu", "bf16")
+    assert Settings(precision="int8").runtime_precision() == ("onnxruntime", "cpu", "int8")
+    assert Settings(precision="auto", backend="onnxruntime").runtime_precision() == (
+        "onnxruntime",
+        "cpu",
+        "fp32",
+    )
+    with pytest.raises(ValueError, match="bf16 on a CPU runs in the PyTorch backend"):
+        Settings(precision="bf16", backend="onnxruntime").runtime_precision()
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        Settings(precision="fp16", device="cpu")
+    avx2 = frozenset({"avx2"})
+    monkeypatch.setattr(engine.precision, "cpu_flags", lambda: avx2)
+    assert Settings(precision="auto").runtime_precision() == ("onnxruntime", "cpu", "fp32")
+    with pytest.raises(ValueError, match="EDGESAM_PRECISION=bf16: .*slower than fp32"):
+        Settings(precision="bf16").runtime_precision()
+    with pytest.raises(ValueError, match="EDGESAM_PRECISION=int8: .*slower than fp32"):
+        Settings(precision="int8").runtime_precision()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert Settings(precision="auto").runtime_precision() == ("torch", "cuda", "fp32")
+    with pytest.raises(ValueError, match="int8 runs on the CPU"):
+        Settings(precision="int8").runtime()

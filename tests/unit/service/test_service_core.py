@@ -179,6 +179,29 @@ def test_load_backend_passes_the_resolved_runtime(
     assert seen == [expected]
 
 
+def test_the_precision_reaches_the_registry_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EDGESAM_PRECISION=auto is resolved with the backend (bf16 in PyTorch on a CPU with the
+    units); a precision this CPU lacks the units for is refused before anything loads."""
+    import torch
+
+    import engine.precision
+    from service.backend import backend_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    zen4 = frozenset({"avx2", "avx512_bf16", "avx512_vnni"})
+    monkeypatch.setattr(engine.precision, "cpu_flags", lambda: zen4)
+    args = backend_args(Settings(grpc_port=0, precision="auto", torch_threads=1), None)
+    assert (args.backend, args.precision, dict(args.options)) == (
+        "torch",
+        "bf16",
+        {"num_threads": 1},
+    )
+    assert args.chosen_by_auto and args.precision_chosen_by_auto
+    monkeypatch.setattr(engine.precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    with pytest.raises(ValueError, match="EDGESAM_PRECISION=int8: .*slower than fp32"):
+        backend_args(Settings(grpc_port=0, precision="int8"), None)
+
+
 def test_knobs_are_translated_for_the_backend_actually_chosen(tmp_path) -> None:  # noqa: ANN001
     """An ONNX model asked of PyTorch runs in ONNX Runtime: EDGESAM_TORCH_THREADS becomes
     ONNX Runtime's intra-op threads, not a PyTorch keyword ONNX Runtime would refuse."""
