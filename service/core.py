@@ -312,9 +312,10 @@ class SegmentationService:
         """Several images, one outcome each in order: a failed image (a ServiceError) does
         not fail the others. A few at a time, so that the encoder batches them without one
         request filling the bounded encode queue (which would refuse its own parts)."""
-        self._require_started()
+        backend, _ = self._require_started()
         s = self.settings
-        gate = asyncio.Semaphore(max(1, min(s.encode_max_batch, s.encode_max_queue // 2)))
+        batch = s.encode_batch(backend.info.device)
+        gate = asyncio.Semaphore(max(1, min(batch, s.encode_max_queue // 2)))
 
         async def one(data: bytes, content_type: str | None) -> EmbedResult:
             async with gate:
