@@ -78,10 +78,15 @@ def _start(service_processes, pki: Pki, mtls: bool) -> ServiceProcess:
 
 def _grpc_works(proc: ServiceProcess, pki: Pki, client_cert: bool) -> None:
     with _channel(proc, pki, client_cert) as channel:
-        status = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(), timeout=10
-        )
-        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        health = health_pb2_grpc.HealthStub(channel)
+        # gRPC health turns SERVING just after HTTP's /readyz does: poll, briefly
+        deadline = time.monotonic() + 10
+        while True:
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            if status.status == health_pb2.HealthCheckResponse.SERVING:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
         stub = pb_grpc.SegmentationStub(channel)
         res = stub.Embed(pb.EmbedRequest(image=png_bytes(test_image())), timeout=10)
         assert len(res.image_id) == 64
