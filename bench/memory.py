@@ -3,7 +3,7 @@ embed storm (distinct images from many concurrent clients), with the throughput 
 each setting costs. One fresh process per setting; loopback only; bounded in images.
 
     .venv/bin/python bench/memory.py [--batches 1,2,4,8] [--clients 24] [--images 48]
-        [--backend auto] [--checkpoint PATH]
+        [--backend auto] [--precision fp32] [--checkpoint PATH]
 
 Weights: --checkpoint, else EDGESAM_CHECKPOINT, else case A (../shared/reference, or the repository's own reference data). Prints a
 table (figures for docs/reliability.md); asserts nothing.
@@ -63,6 +63,7 @@ def run_setting(args: argparse.Namespace, batch: int, images: list[bytes], log_d
         "EDGESAM_HTTP_PORT": str(port),
         "EDGESAM_GRPC_PORT": "0",
         "EDGESAM_BACKEND": args.backend,
+        "EDGESAM_PRECISION": args.precision,
         "EDGESAM_ENCODE_MAX_BATCH": str(batch),
         "EDGESAM_ENCODE_MAX_QUEUE": str(max(args.clients, 16)),
         "EDGESAM_DRAIN_SECONDS": "0",
@@ -161,6 +162,9 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=24, help="concurrent embed clients")
     ap.add_argument("--images", type=int, default=48, help="distinct images per setting")
     ap.add_argument("--backend", default="auto")
+    ap.add_argument(
+        "--precision", default="fp32", help="EDGESAM_PRECISION (fp32, bf16, int8, auto)"
+    )
     ap.add_argument("--checkpoint", default=None)
     args = ap.parse_args()
     args.checkpoint_path = checkpoint(args.checkpoint)

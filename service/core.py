@@ -370,6 +370,17 @@ class SegmentationService:
         items, best = await self._decode.run(
             self._segment_sync, backend, emb, points, labels, boxes, mask_input, req
         )
+        return await self._segment_result(cache, req, emb, items, best)
+
+    @staticmethod
+    async def _segment_result(
+        cache: TensorCache,
+        req: SegmentRequest,
+        emb: ImageEmbedding,
+        items: list[MaskItem],
+        best: list[torch.Tensor],
+    ) -> SegmentResult:
+        """The answer, with each prompt's best low-res mask stored for refinement."""
         mask_ids = []
         for logits in best:
             mask_id = uuid.uuid4().hex
@@ -417,20 +428,7 @@ class SegmentationService:
         items, best = await self._decode.run(
             decode_objects, backend, emb, objects, mask_inputs, req, self.metrics, _finite
         )
-        mask_ids = []
-        for logits in best:
-            mask_id = uuid.uuid4().hex
-            await cache.put_mask(mask_id, req.image_id, logits)
-            mask_ids.append(mask_id)
-        h, w = emb.original_size
-        return SegmentResult(
-            image_id=req.image_id,
-            width=w,
-            height=h,
-            masks=items,
-            mask_input_id=mask_ids[0],
-            mask_input_ids=mask_ids,
-        )
+        return await self._segment_result(cache, req, emb, items, best)
 
     def _segment_sync(
         self,
