@@ -8,12 +8,16 @@ embedding was gone" (the annotator re-embeds, as a client would).
 
     .venv/bin/python bench/soak.py [--replicas 2] [--users 8] [--seconds 60]
         [--clicks 5] [--think 0.5] [--maxmemory 256mb] [--fake] [--checkpoint PATH]
+        [--warmup S] [--progress S]
 
 --fake runs the deterministic fake backend (tests.integration.fake_server): the harness's
 own overhead and Redis behaviour, no model compute. Prints throughput, p50/p99 per
 operation, answers by code, each replica's RSS over time, Redis memory, evictions and the
 bytes of a refinement mask, the Redis breaker's openings and "redis unavailable" log lines.
-Asserts nothing.
+Every --progress seconds it prints a line (requests so far, each replica's RSS) so that a
+long soak leaves figures behind; SIGINT or SIGTERM ends the run early with the full report
+of what ran. RSS flatness: each replica's RSS at the end of --warmup against the end of the
+run, and the largest deviation from the warm-up value at any sample after it. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import io
 import os
 import random
 import re
+import signal
 import shutil
 import subprocess
 import sys
@@ -48,6 +53,8 @@ class Stats:
         self.latency: dict[str, list[float]] = defaultdict(list)
         self.codes: Counter[str] = Counter()
         self.gone = 0
+        # Mutable so that a signal can end the run early with a report.
+        self.until = float("inf")
 
     def record(self, op: str, took: float, code: str) -> None:
         self.latency[op].append(took)
@@ -136,13 +143,12 @@ async def annotator(
     image: np.ndarray,
     args: argparse.Namespace,
     stats: Stats,
-    until: float,
 ) -> None:
     rng = random.Random(uid)
     h, w = image.shape[:2]
     async with httpx.AsyncClient(timeout=120) as c:
         n = 0
-        while time.monotonic() < until:
+        while time.monotonic() < stats.until:
             data = jpeg(image, uid * 100_000 + n)
             n += 1
             image_id = await embed(c, rng.choice(urls), data, stats)
@@ -152,7 +158,7 @@ async def annotator(
             points: list[list[float]] = []
             labels: list[int] = []
             for _ in range(args.clicks):
-                if time.monotonic() >= until:
+                if time.monotonic() >= stats.until:
                     return
                 await asyncio.sleep(rng.expovariate(1 / args.think))
                 points.append([rng.uniform(0, w - 1), rng.uniform(0, h - 1)])
@@ -198,13 +204,32 @@ async def embed(c: httpx.AsyncClient, url: str, data: bytes, stats: Stats) -> st
     return None
 
 
-async def sample_rss(procs: list, series: dict[int, list[tuple[float, int]]], t0: float) -> None:
+async def sample_rss(
+    procs: list,
+    series: dict[int, list[tuple[float, int]]],
+    t0: float,
+    stats: Stats,
+    progress: float,
+) -> None:
+    next_line = t0 + progress
     while True:
         for proc, _, _ in procs:
             try:
                 series[proc.pid].append((time.monotonic() - t0, rss_kib(proc.pid)[0]))
             except OSError:
                 pass
+        if progress > 0 and time.monotonic() >= next_line:
+            next_line += progress
+            done = sum(len(v) for v in stats.latency.values())
+            bad = sum(n for k, n in stats.codes.items() if not k.endswith(" 200"))
+            rss = " ".join(
+                f"{series[p.pid][-1][1] / 1024:.0f}" for p, _, _ in procs if series[p.pid]
+            )
+            print(
+                f"[{time.monotonic() - t0:6.0f} s] {done} requests, {bad} not 200, "
+                f"gone {stats.gone}; RSS MB {rss}",
+                flush=True,
+            )
         await asyncio.sleep(2.0)
 
 
@@ -249,11 +274,14 @@ async def main_async(args: argparse.Namespace) -> int:
             stats = Stats()
             series: dict[int, list[tuple[float, int]]] = defaultdict(list)
             t0 = time.monotonic()
-            sampler = asyncio.ensure_future(sample_rss(procs, series, t0))
-            until = t0 + args.seconds
-            await asyncio.gather(
-                *(annotator(u, urls, image, args, stats, until) for u in range(args.users))
+            sampler = asyncio.ensure_future(
+                sample_rss(procs, series, t0, stats, args.progress)
             )
+            stats.until = t0 + args.seconds
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, lambda: setattr(stats, "until", time.monotonic()))
+            await asyncio.gather(*(annotator(u, urls, image, args, stats) for u in range(args.users)))
             wall = time.monotonic() - t0
             sampler.cancel()
             report(args, stats, wall, series, procs, redis_port)
@@ -283,10 +311,19 @@ def report(args, stats, wall, series, procs, redis_port) -> None:  # type: ignor
         )
     print("  answers: " + ", ".join(f"{k}: {v}" for k, v in sorted(stats.codes.items())))
     print(f"  embeddings found gone (re-embedded): {stats.gone}")
+    warmup = min(args.warmup, wall / 3)
     for proc, url, log_path in procs:
         points = series.get(proc.pid, [])
-        after = [kib for t, kib in points if t >= min(30.0, wall / 3)]
+        after = [kib for t, kib in points if t >= warmup]
         flat = (max(after) - min(after)) / max(min(after), 1) * 100 if after else 0.0
+        if after:
+            base, end = after[0], after[-1]
+            dev = max(abs(k - base) for k in after) / max(base, 1) * 100
+            print(
+                f"  replica {url}: RSS at warm-up end ({warmup:.0f} s) {base / 1024:.0f} MB, "
+                f"at end {end / 1024:.0f} MB ({(end - base) / max(base, 1) * 100:+.1f}%), "
+                f"max deviation after warm-up {dev:.1f}%, peak {max(after) / 1024:.0f} MB"
+            )
         line = " ".join(
             f"{t:.0f}s:{kib / 1024:.0f}" for t, kib in points[:: max(len(points) // 8, 1)]
         )
@@ -310,6 +347,8 @@ def main() -> int:
     ap.add_argument("--maxmemory", default="256mb")
     ap.add_argument("--fake", action="store_true", help="the fake backend (no model compute)")
     ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--warmup", type=float, default=120, help="seconds before RSS is judged")
+    ap.add_argument("--progress", type=float, default=60, help="seconds between progress lines")
     args = ap.parse_args()
     args.seconds = min(args.seconds, 3600)
     return asyncio.run(main_async(args))
