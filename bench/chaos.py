@@ -209,25 +209,31 @@ class Tally:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def call(self, op: str, fn: Callable[[], Any]) -> Any:
-        phase = "before" if time.monotonic() < self.fault_at else "after"
         t0 = time.perf_counter()
         try:
             result = fn()
         except EdgeSamError as exc:
+            phase = self.phase()
             with self.lock:
                 self.sent[(phase, op)] += 1
                 self.failed[(phase, op, exc.code, str(exc.status))] += 1
             return None
         except Exception as exc:  # a client bug must count, not end the annotator silently
+            phase = self.phase()
             with self.lock:
                 self.sent[(phase, op)] += 1
                 self.failed[(phase, op, type(exc).__name__, "client")] += 1
             return None
+        phase = self.phase()
         with self.lock:
             self.sent[(phase, op)] += 1
             self.answered[(phase, op)] += 1
             self.latency.setdefault((phase, op), []).append(time.perf_counter() - t0)
         return result
+
+    def phase(self) -> str:
+        """By when a call ended: one in flight at the fault counts after it."""
+        return "before" if time.monotonic() < self.fault_at else "after"
 
     def total(self, counter: Counter, phase: str | None = None, op: str | None = None) -> int:
         return sum(
@@ -412,7 +418,6 @@ def encoder_scenario(args: argparse.Namespace, log_dir: str) -> Tally:
     try:
         encoder = spawn(log_dir, args.model, EDGESAM_ROLE="encoder", EDGESAM_REDIS_URL=redis.url)
         replicas.append(encoder)
-        wait_ready([encoder])
         decoder = spawn(
             log_dir,
             args.model,
@@ -421,7 +426,7 @@ def encoder_scenario(args: argparse.Namespace, log_dir: str) -> Tally:
             EDGESAM_ENCODER_GRPC_TARGET=f"127.0.0.1:{encoder.grpc_port}",
         )
         replicas.append(decoder)
-        wait_ready([decoder])
+        wait_ready([encoder, decoder])
         targets = [[decoder.target(args.transport)] for _ in range(args.users)]
         tally = Tally()
         load = Load(targets, tally, args.clicks, args.think, RetryPolicy(max_retries=0))

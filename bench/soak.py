@@ -28,8 +28,8 @@ import io
 import os
 import random
 import re
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -274,14 +274,14 @@ async def main_async(args: argparse.Namespace) -> int:
             stats = Stats()
             series: dict[int, list[tuple[float, int]]] = defaultdict(list)
             t0 = time.monotonic()
-            sampler = asyncio.ensure_future(
-                sample_rss(procs, series, t0, stats, args.progress)
-            )
+            sampler = asyncio.ensure_future(sample_rss(procs, series, t0, stats, args.progress))
             stats.until = t0 + args.seconds
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, lambda: setattr(stats, "until", time.monotonic()))
-            await asyncio.gather(*(annotator(u, urls, image, args, stats) for u in range(args.users)))
+            await asyncio.gather(
+                *(annotator(u, urls, image, args, stats) for u in range(args.users))
+            )
             wall = time.monotonic() - t0
             sampler.cancel()
             report(args, stats, wall, series, procs, redis_port)
