@@ -266,10 +266,10 @@ class Tally:
             for op in ("embed", "segment"):
                 sent = self.total(self.sent, phase, op)
                 if sent:
-                    lat = self.latency.get((phase, op)) or [0.0]
+                    lat = self.latency.get((phase, op))
+                    took = f" (p50 {pct(lat, 50):.0f} ms, p99 {pct(lat, 99):.0f} ms)" if lat else ""
                     parts.append(
-                        f"{op} {self.total(self.answered, phase, op)}/{sent} answered "
-                        f"(p50 {pct(lat, 50):.0f} ms, p99 {pct(lat, 99):.0f} ms)"
+                        f"{op} {self.total(self.answered, phase, op)}/{sent} answered{took}"
                     )
             if parts:
                 lines.append(f"  {phase} the fault: " + ", ".join(parts))
