@@ -70,7 +70,10 @@ class Stats:
 
 def jpeg(image: np.ndarray, seed: int) -> bytes:
     variant = image.copy()
-    variant[:8, :8] = (seed * 37) % 256, (seed * 91) % 256, (seed * 53) % 256
+    # Every byte of the seed in its own 8x8 patch: distinct seeds, distinct images (one
+    # patch with the seed modulo 256 made images repeat after 256 seeds).
+    for k, byte in enumerate(int(seed).to_bytes(4, "little")):
+        variant[:8, 8 * k : 8 * k + 8] = byte, 255 - byte, (byte * 53) % 256
     buf = io.BytesIO()
     Image.fromarray(variant).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
@@ -383,7 +386,11 @@ async def main_async(args: argparse.Namespace) -> int:
                 stats.until = t0 + args.seconds
                 await asyncio.gather(
                     *(
-                        annotator(u, make_ops(u, args, procs), image, args, stats)
+                        # Fresh images per stage: 1000 apart, so no stage finds its
+                        # images embedded by an earlier one.
+                        annotator(
+                            u + 1000 * len(current), make_ops(u, args, procs), image, args, stats
+                        )
                         for u in range(args.users)
                     )
                 )
