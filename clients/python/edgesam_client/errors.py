@@ -34,10 +34,28 @@ class Unauthenticated(EdgeSamError):
     """Missing or wrong API key."""
 
 
+class Unavailable(EdgeSamError):
+    """The server could not be reached or the connection broke (code "unavailable").
+    `sent` is False when the request certainly never reached a server (connection refused):
+    any operation may then be sent elsewhere; True when it may have been received."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int | str | None = None,
+        retry_after: float | None = None,
+        sent: bool = True,
+    ) -> None:
+        super().__init__(code, message, status, retry_after)
+        self.sent = sent
+
+
 _CLASSES: dict[str, type[EdgeSamError]] = {
     "embedding_not_found": EmbeddingNotFound,
     "overloaded": Overloaded,
     "unauthenticated": Unauthenticated,
+    "unavailable": Unavailable,
 }
 
 

@@ -12,7 +12,7 @@ import grpc
 
 from edgesam_client._base import AsyncClient, AsyncSession, Outputs, Session, SyncClient
 from edgesam_client._common import ImageLike, ImageMemory, RetryPolicy, image_bytes, is_image_id
-from edgesam_client.errors import EdgeSamError, EmbeddingNotFound, make_error
+from edgesam_client.errors import EdgeSamError, EmbeddingNotFound, Unavailable, make_error
 from edgesam_client.grpc_stubs import segmentation_pb2 as pb
 from edgesam_client.grpc_stubs import segmentation_pb2_grpc as pb_grpc
 from edgesam_client.results import (
@@ -92,6 +92,10 @@ def rpc_error(exc: grpc.RpcError) -> EdgeSamError:
                 retry_after = None
     if code is None:
         code = STATUS_CODES.get(status, status.name.lower())
+        if code == "unavailable":
+            # grpc says so when no connection could be made: nothing was sent.
+            sent = "failed to connect" not in details.lower()
+            return Unavailable(code, details, status.name, retry_after, sent=sent)
     return make_error(code, details, status.name, retry_after)
 
 

@@ -8,7 +8,7 @@ import httpx
 
 from edgesam_client._base import AsyncClient, SyncClient
 from edgesam_client._common import ImageMemory, RetryPolicy
-from edgesam_client.errors import EdgeSamError, make_error
+from edgesam_client.errors import EdgeSamError, Unavailable, make_error
 from edgesam_client.results import (
     EmbedResult,
     EverythingResult,
@@ -43,9 +43,12 @@ def _check(response: httpx.Response) -> httpx.Response:
 
 
 def _error(exc: httpx.HTTPError) -> EdgeSamError:
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        # No connection, so nothing was sent: safe to send anywhere else.
+        return Unavailable("unavailable", f"the server is unreachable: {exc}", sent=False)
     if isinstance(exc, httpx.TimeoutException):
         return EdgeSamError("deadline_exceeded", f"the server did not answer in time: {exc}")
-    return EdgeSamError("unavailable", f"the server is unreachable: {exc}")
+    return Unavailable("unavailable", f"the connection to the server failed: {exc}")
 
 
 class HttpClient(SyncClient):
