@@ -86,6 +86,12 @@ def make_backend(name: str, weights: Path | None, threads: int, device: str) -> 
         from engine.backends.torch_backend import TorchBackend
 
         return TorchBackend(build_edge_sam(weights), device=device, precision="bf16")
+    if name == "torch-bf16-decoder":  # bf16 encoder and decoder (EDGESAM_DECODER_PRECISION)
+        from engine.backends.torch_backend import TorchBackend
+
+        return TorchBackend(
+            build_edge_sam(weights), device=device, precision="bf16", decoder_precision="bf16"
+        )
     if name == "onnxruntime-int8":
         from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
 

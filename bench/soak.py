@@ -117,6 +117,7 @@ def start_replica(args: argparse.Namespace, redis_port: int, log_dir: str) -> tu
         "EDGESAM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "EDGESAM_DRAIN_SECONDS": "0",
         "EDGESAM_LOG_LEVEL": "warning",
+        **dict(item.split("=", 1) for item in args.env),
     }
     module = "tests.integration.fake_server" if args.fake else "service"
     if not args.fake:
@@ -301,6 +302,19 @@ def make_ops(uid: int, args: argparse.Namespace, procs: list) -> HttpOps | GrpcO
     return HttpOps([url for _, url, *_ in procs])
 
 
+async def heap_mb(url: str) -> str:
+    """'in use/free' MB of the replica's glibc heap (edgesam_heap_bytes), '?' if unknown."""
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            text = (await client.get(f"{url}/metrics")).text
+    except httpx.HTTPError:
+        return "?"
+    found = dict(re.findall(r'^edgesam_heap_bytes\{state="(\w+)"\} (\S+)$', text, re.M))
+    if not found:
+        return "?"
+    return f"{float(found['in_use']) / 2**20:.0f}/{float(found['free']) / 2**20:.0f}"
+
+
 async def sample_rss(
     procs: list,
     series: dict[int, list[tuple[float, int]]],
@@ -320,9 +334,10 @@ async def sample_rss(
             done = sum(len(v) for v in stats.latency.values())
             bad = sum(n for k, n in stats.codes.items() if not k.endswith((" 200", " OK")))
             rss = " ".join(f"{series[p.pid][-1][1] / 1024:.0f}" for p, *_ in procs if series[p.pid])
+            heap = " ".join([await heap_mb(url) for _, url, *_ in procs])
             print(
                 f"[{time.monotonic() - t0:6.0f} s] {done} requests, {bad} not OK, "
-                f"gone {stats.gone}; RSS MB {rss}",
+                f"gone {stats.gone}; RSS MB {rss}; heap MB in use/free {heap}",
                 flush=True,
             )
         await asyncio.sleep(2.0)
@@ -463,6 +478,10 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=120, help="seconds before RSS is judged")
     ap.add_argument("--progress", type=float, default=60, help="seconds between progress lines")
     ap.add_argument("--transport", choices=["http", "grpc", "both"], default="http")
+    ap.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE",
+        help="an environment variable for every replica (repeatable)",
+    )  # fmt: skip
     ap.add_argument("--sweep", default="", help="annotator counts, one stage each: 2,4,8")
     args = ap.parse_args()
     args.seconds = min(args.seconds, 3600)

@@ -162,8 +162,10 @@ def measure(
     device: str = "cpu",
     prompts_per_kind: int = 8,
     seed: int = 0,
+    decoder_precision: str = "fp32",
 ) -> FidelityReport:
-    """Build the fp32 and the `precision` backend for `checkpoint` and compare them."""
+    """Build the fp32 and the `precision` backend for `checkpoint` and compare them
+    (`decoder_precision` bf16: the candidate's decoder too, PyTorch on a CPU)."""
     from engine.loader import load_model
 
     if precision not in BACKEND_FOR:
@@ -172,8 +174,14 @@ def measure(
     if precision == "fp16" and device == "cpu":
         raise ValueError("fp16 runs on CUDA: pass --device cuda")
     reference = load_model(checkpoint, device=device, backend=backend, precision="fp32")
-    candidate = load_model(checkpoint, device=device, backend=backend, precision=precision)
-    return compare_backends(reference, candidate, images, precision, prompts_per_kind, seed)
+    options = {"decoder_precision": decoder_precision} if decoder_precision != "fp32" else {}
+    if options and backend != "torch":
+        raise ValueError("decoder_precision bf16 is PyTorch's (use --precision bf16)")
+    candidate = load_model(
+        checkpoint, device=device, backend=backend, precision=precision, **options
+    )
+    label = precision if not options else f"{precision} (decoder {decoder_precision})"
+    return compare_backends(reference, candidate, images, label, prompts_per_kind, seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         "--images", help="folder of images (omitted: 4 synthetic ones, not the calibration set)"
     )
     parser.add_argument("--precision", required=True, choices=("int8", "bf16", "fp16"))
+    parser.add_argument(
+        "--decoder-precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="bf16: the decoder too (PyTorch on a CPU, with --precision bf16)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--prompts", type=int, default=8, help="random prompts per kind per image")
     parser.add_argument("--limit", type=int, default=None, help="at most this many images")
@@ -200,7 +214,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.images
         else synthetic_images(args.limit or 4, seed=1000 + args.seed)
     )
-    report = measure(args.checkpoint, images, args.precision, args.device, args.prompts, args.seed)
+    report = measure(
+        args.checkpoint,
+        images,
+        args.precision,
+        args.device,
+        args.prompts,
+        args.seed,
+        decoder_precision=args.decoder_precision,
+    )
     print(report.format())
     return 0
 

@@ -161,9 +161,14 @@ def main() -> int:
     if settings.resolved_checkpoint() is None and not settings.allow_random_weights:
         print(f"edgesam: {GET_WEIGHTS_HINT}", file=sys.stderr)
         return 2
-    from engine.runtime import tune_allocator
+    from engine.runtime import mmap_threshold_for, tune_allocator
 
-    tune_allocator()  # before the model allocates anything (see engine/runtime.py)
+    try:
+        backend, _, _ = settings.runtime_precision()
+    except ValueError:
+        backend = None  # `serve` reports the configuration error
+    # before the model allocates anything; per backend (see engine/runtime.py)
+    tune_allocator(mmap_threshold_for(backend))
     return asyncio.run(serve(settings))
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from engine.backends.base import Backend
 from engine.backends.registry import BackendArgs, create_backend
+from engine.precision import check_cpu_precision
 from service.config import Settings
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ def backend_args(settings: Settings, checkpoint: Path | None) -> BackendArgs:
     lacks the units for is refused (ValueError): it would run slower than fp32."""
     device = settings.resolved_device()
     try:
-        return BackendArgs.resolve(
+        args = BackendArgs.resolve(
             checkpoint,
             backend=settings.backend,
             device=device,
@@ -35,12 +36,23 @@ def backend_args(settings: Settings, checkpoint: Path | None) -> BackendArgs:
                 if settings.torch_compile
                 else None,
                 "triton_mixer": settings.torch_triton_mixer,
+                "decoder_precision": settings.decoder_precision
+                if settings.decoder_precision != "fp32"
+                else None,
                 "engine_cache_dir": str(settings.engine_cache_dir),
             },
             check_units=True,
         )
     except ValueError as exc:
         raise ValueError(f"EDGESAM_PRECISION={settings.precision}: {exc}") from None
+    if settings.decoder_precision != "fp32":
+        try:
+            check_cpu_precision(settings.decoder_precision, "torch")
+        except ValueError as exc:
+            raise ValueError(
+                f"EDGESAM_DECODER_PRECISION={settings.decoder_precision}: {exc}"
+            ) from None
+    return args
 
 
 def load_backend(settings: Settings, checkpoint: Path | None) -> Backend:

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     # a CPU with the units (engine.precision); auto: bf16 where this CPU has the units (and
     # the backend is auto or torch), else fp32. Resolved with the backend (`runtime_precision`).
     precision: Literal["fp32", "fp16", "bf16", "int8", "auto"] = "fp32"
+    # bf16: the decoder's transformer and upscaling under CPU autocast too (PyTorch, a CPU
+    # with AVX-512 BF16 or AMX). Pays where many prompts share an image (everything mode);
+    # its mask IoU against fp32 is in docs/performance.md. fp32 (the default) keeps it exact.
+    decoder_precision: Literal["fp32", "bf16"] = "fp32"
     engine_cache_dir: Path = Field(default_factory=lambda: default_cache_root() / "engines")
     torch_threads: Optional[int] = Field(None, ge=1, le=256)
     # PyTorch on CUDA: torch.compile (each batch bucket compiles at start-up; speed-up and
@@ -249,6 +253,13 @@ class Settings(BaseSettings):
             raise ValueError("EDGESAM_PRECISION=fp16 needs a GPU; on the CPU: bf16 or int8")
         if self.device.startswith("cuda") and self.precision == "int8":
             raise ValueError("EDGESAM_PRECISION=int8 runs on the CPU (ONNX Runtime)")
+        if self.decoder_precision == "bf16" and (
+            self.device.startswith("cuda") or self.backend not in ("torch", "auto")
+        ):
+            raise ValueError(
+                "EDGESAM_DECODER_PRECISION=bf16 is the CPU's PyTorch path "
+                "(EDGESAM_BACKEND=torch or auto, on the CPU)"
+            )
         return self
 
     def _check_tls(self) -> None:
@@ -298,7 +309,10 @@ class Settings(BaseSettings):
         """An option only the PyTorch model has is on (granularity priors, which run on the
         PyTorch model; torch.compile; the Triton kernel): `auto` means PyTorch."""
         return bool(
-            self.priors_checkpoint is not None or self.torch_compile or self.torch_triton_mixer
+            self.priors_checkpoint is not None
+            or self.torch_compile
+            or self.torch_triton_mixer
+            or self.decoder_precision != "fp32"
         )
 
     def resolved_device(self) -> str:

@@ -1,4 +1,9 @@
 """Prometheus metrics, one registry per service instance (several may share a process)."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: N811
 from prometheus_client import (
@@ -9,6 +14,8 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (
     0.001,
@@ -27,6 +34,50 @@ LATENCY_BUCKETS = (
     10.0,
     30.0,
 )
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [  # noqa: RUF012 - ctypes' declaration, glibc >= 2.33 `struct mallinfo2`
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+            "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def _mallinfo2() -> ctypes._CFuncPtr | None:
+    name = ctypes.util.find_library("c")
+    try:
+        fn = ctypes.CDLL(name).mallinfo2 if name else None
+    except (OSError, AttributeError):  # not glibc, or glibc < 2.33
+        return None
+    if fn is not None:
+        fn.restype = _MallInfo2
+        fn.argtypes = []
+    return fn
+
+
+class HeapCollector(Collector):
+    """`edgesam_heap_bytes{state}` from glibc's allocator: `in_use` (live allocations),
+    `free` (held by the heap but unused: retention and fragmentation) and `mmapped` (large
+    blocks mapped on their own). RSS growing with `in_use` is memory the process holds on
+    to; growing with `free` is the allocator's. Nothing is exported off glibc."""
+
+    def __init__(self) -> None:
+        self._fn = _mallinfo2()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self._fn is None:
+            return
+        info = self._fn()
+        family = GaugeMetricFamily(
+            "edgesam_heap_bytes", "glibc heap bytes by state", labels=["state"]
+        )
+        family.add_metric(["in_use"], float(info.uordblks + info.hblkhd))
+        family.add_metric(["free"], float(info.fordblks))
+        family.add_metric(["mmapped"], float(info.hblkhd))
+        yield family
 
 
 class Metrics:
@@ -100,6 +151,7 @@ class Metrics:
         # process_resident_memory_bytes and friends (Linux): memory per replica, for the
         # dashboard and the memory alert (deploy/monitoring)
         ProcessCollector(registry=r)
+        r.register(HeapCollector())
         self.backend_info = Gauge(
             "edgesam_backend_info",
             "1 for the backend serving, its device and the precision its encoder computes in",

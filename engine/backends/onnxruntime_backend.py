@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from engine.backends.base import (
+    CPU_DECODE_CHUNK,
     Backend,
     BackendError,
     BackendInfo,
@@ -409,9 +410,23 @@ class OnnxRuntimeBackend(Backend):
             return self._torch_decoder.decode(
                 image_embeddings, point_coords, point_labels, mask_input, num_multimask_outputs
             )
-        return self._decode(
-            image_embeddings, point_coords, point_labels, mask_input, num_multimask_outputs
-        )
+        b = point_coords.shape[0]
+        chunk = CPU_DECODE_CHUNK if self.info.device == "cpu" else b
+        if b <= chunk or point_coords.ndim != 3:
+            return self._decode(
+                image_embeddings, point_coords, point_labels, mask_input, num_multimask_outputs
+            )
+        parts = [
+            self._decode(
+                image_embeddings if image_embeddings.shape[0] == 1 else image_embeddings[sl],
+                point_coords[sl],
+                point_labels[sl],
+                None if mask_input is None or mask_input.shape[0] == 1 else mask_input[sl],
+                num_multimask_outputs,
+            )
+            for sl in (slice(i, i + chunk) for i in range(0, b, chunk))
+        ]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _decode(
         self,

@@ -88,6 +88,7 @@ BACKENDS: Mapping[str, BackendSpec] = MappingProxyType(
                 "compile": "compile",
                 "compile_warmup_batch": "compile_warmup_batch",
                 "triton_mixer": "triton_mixer",
+                "decoder_precision": "decoder_precision",
             },
         ),
         "onnxruntime": BackendSpec(
@@ -103,7 +104,7 @@ BACKENDS: Mapping[str, BackendSpec] = MappingProxyType(
 )
 BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)
 # Knobs only PyTorch has: `auto` picks PyTorch when one is on.
-TORCH_ONLY_KNOBS = ("compile", "triton_mixer")
+TORCH_ONLY_KNOBS = ("compile", "triton_mixer", "decoder_precision")
 
 
 def _has_module(name: str) -> bool:

@@ -8,7 +8,13 @@ from typing import Any
 
 import torch
 
-from engine.backends.base import IMAGE_SIZE, Backend, BackendInfo, BackendUnavailable
+from engine.backends.base import (
+    CPU_DECODE_CHUNK,
+    IMAGE_SIZE,
+    Backend,
+    BackendInfo,
+    BackendUnavailable,
+)
 from engine.checkpoint import weights_fingerprint
 from engine.fusion import fuse_encoder
 from engine.modeling import EdgeSam
@@ -18,7 +24,6 @@ from engine.transforms import normalize_pixels
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Prompts decoded together on a CPU: the fastest group size for everything mode
 # (docs/performance.md, "CPU").
-CPU_DECODE_CHUNK = 4
 # Inductor options for `compile=True` (torch.compile(options=...)). The defaults ({}):
 # freezing, conv_1x1_as_mm, CUDA graphs and max-autotune were no faster (bench/gpu_compile.py;
 # figures in docs/performance.md, "GPU").
@@ -40,6 +45,7 @@ class TorchBackend(Backend):
         compile_options: Mapping[str, Any] | None = None,
         triton_mixer: bool = False,
         compile_warmup_batch: int | None = None,
+        decoder_precision: str = "fp32",
     ) -> None:
         if precision not in DTYPES:
             raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
@@ -60,6 +66,13 @@ class TorchBackend(Backend):
         # "CPU reduced precision"). The speed needs AVX-512 BF16 or AMX (engine.precision);
         # elsewhere it runs, correctly and slower than fp32.
         self._cpu_autocast = dev.type == "cpu" and precision == "bf16"
+        # The decoder in bf16 (CPU autocast) where asked: it pays where many prompts share
+        # one image (everything mode: 64 prompts cost several encodes); fp32 by default.
+        if decoder_precision not in ("fp32", "bf16"):
+            raise ValueError(f"decoder_precision must be fp32 or bf16, got {decoder_precision!r}")
+        if decoder_precision == "bf16" and dev.type != "cpu":
+            raise ValueError("decoder_precision bf16 is the CPU's autocast path")
+        self._decoder_dtype = torch.bfloat16 if decoder_precision == "bf16" else None
         self._triton_mixer = self._check_triton_mixer(triton_mixer, dev)
         # channels_last pays on both: oneDNN on the CPU; on an H200 (fp16, batch 32) 1308 img/s
         # against 1052 in NCHW, once the bicubic upsampling is a matmul (bench/gpu_profile.py).
@@ -83,6 +96,8 @@ class TorchBackend(Backend):
                 f"{counts['mixers']} channel mixers ({counts['with_depthwise']} with their "
                 f"depthwise conv, {counts['with_gate']} with their squeeze-excite gate)"
             )
+        if self._decoder_dtype is not None:
+            self.info.details["decoder_precision"] = decoder_precision
         self._compiled = None
         self._compile_warmup_batch = min(compile_warmup_batch or 32, 32)
         if compile:
@@ -179,15 +194,14 @@ class TorchBackend(Backend):
         coords = point_coords.to(dev, torch.float32)
         labels = point_labels.to(dev, torch.int64)
         mi = None if mask_input is None else mask_input.to(dev, torch.float32)
-        # The decoder stays fp32: it is cheap, and the prompt encoder's Fourier features lose
-        # their meaning in half precision.
+        # The prompt encoder stays fp32 (its Fourier features lose their meaning in half
+        # precision); the rest of the decoder follows `decoder_precision`.
+        dtype = self._decoder_dtype
         b = coords.shape[0]
         chunk = CPU_DECODE_CHUNK if dev.type == "cpu" else b
         if b <= chunk:
-            logits, iou = self.model.decode(emb, coords, labels, mi, tokens)
+            logits, iou = self.model.decode(emb, coords, labels, mi, tokens, dtype)
             return logits.float().cpu(), iou.float().cpu()
-        # On a CPU a batch of 64 prompts makes 64x4096x256 key tensors that no cache holds;
-        # small groups on the shared per-image work ran everything mode 1.6x faster.
         parts = [
             self.model.decode(
                 emb if emb.shape[0] == 1 else emb[i : i + chunk],
@@ -195,6 +209,7 @@ class TorchBackend(Backend):
                 labels[i : i + chunk],
                 None if mi is None else mi[i : i + chunk],
                 tokens,
+                dtype,
             )
             for i in range(0, b, chunk)
         ]

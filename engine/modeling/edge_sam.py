@@ -94,6 +94,7 @@ class EdgeSam(nn.Module):
         point_labels: torch.Tensor,
         mask_input: torch.Tensor | None = None,
         mask_tokens: slice | None = None,
+        compute_dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode a batch of B prompts.
 
@@ -103,8 +104,24 @@ class EdgeSam(nn.Module):
         mask_input Bx1x256x256 low-res logits or None.
         Returns low-res logits Bx4x256x256 and IoU predictions Bx4 for all four mask tokens,
         or BxK for the K tokens of `mask_tokens` (a `mask_slice`), computed alone.
+        compute_dtype: bfloat16 runs the two-way transformer and the upscaling under CPU
+        autocast; the prompt encoder (Fourier features of the coordinates, which lose their
+        meaning in half precision) and the cached image side stay float32.
         """
         sparse = self.prompt_encoder.embed_labeled_points(point_coords, point_labels)
+        if compute_dtype is not None and compute_dtype != torch.float32:
+            with torch.autocast(self.device.type, dtype=compute_dtype):
+                logits, iou = self._decode_sparse(image_embeddings, sparse, mask_input, mask_tokens)
+            return logits.float(), iou.float()
+        return self._decode_sparse(image_embeddings, sparse, mask_input, mask_tokens)
+
+    def _decode_sparse(
+        self,
+        image_embeddings: torch.Tensor,
+        sparse: torch.Tensor,
+        mask_input: torch.Tensor | None,
+        mask_tokens: slice | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if mask_input is None and image_embeddings.shape[0] == 1 and not self.training:
             src, first_kv = self._image_side(image_embeddings)
             return self.mask_decoder.predict_all(
