@@ -16,8 +16,9 @@ precision (bf16, int8)"):
     .venv/bin/python bench/encoder.py --backend torch onnxruntime --precision bf16 int8 \
         --everything 8 --threads 1 --clock process
 
-`--precision bf16` adds `torch-bf16`, `int8` adds `onnxruntime-int8` (quantised once, on
-the default synthetic calibration set); `--everything N` also times everything mode at NxN
+`--precision bf16` adds `torch-bf16` (bf16 encoder) and `torch-bf16-decoder` (the decoder in
+bf16 too), `int8` adds `onnxruntime-int8` (quantised once) and `torch-int8` (PT2E, compiled
+at load; needs torchao), both on the default synthetic calibration set; `--everything N` also times everything mode at NxN
 points. `--clock process` times CPU seconds of this process instead of wall time: on a
 machine other processes load, with one thread, it counts this work alone (with several
 threads it also counts their spin-waits).
@@ -92,6 +93,10 @@ def make_backend(name: str, weights: Path | None, threads: int, device: str) -> 
         return TorchBackend(
             build_edge_sam(weights), device=device, precision="bf16", decoder_precision="bf16"
         )
+    if name == "torch-int8":  # PT2E int8 encoder compiled by inductor (engine/torch_int8.py)
+        from engine.backends.torch_backend import TorchBackend
+
+        return TorchBackend(build_edge_sam(weights), device=device, precision="int8")
     if name == "onnxruntime-int8":
         from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -111,7 +116,10 @@ def make_backend(name: str, weights: Path | None, threads: int, device: str) -> 
 
 
 CLOCK: Callable[[], float] = time.perf_counter
-PRECISION_BACKENDS = {"bf16": "torch-bf16", "int8": "onnxruntime-int8"}
+PRECISION_BACKENDS = {
+    "bf16": ("torch-bf16", "torch-bf16-decoder"),
+    "int8": ("onnxruntime-int8", "torch-int8"),
+}
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -161,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         "--backend",
         nargs="+",
         default=["onnxruntime", "torch"],
-        help="torch, onnxruntime, onnxruntime-torch-decoder, onnxruntime-official, tensorrt",
+        help="torch, onnxruntime, onnxruntime-torch-decoder, onnxruntime-official, tensorrt, "
+        "torch-bf16, torch-bf16-decoder, torch-int8, onnxruntime-int8",
     )
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--runs", type=int, default=5, help="timed runs per measurement")
@@ -174,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=["fp32"],
         choices=("fp32", *PRECISION_BACKENDS),
-        help="reduced CPU precisions to time beside fp32 (bf16: torch-bf16, int8: "
+        help="reduced CPU precisions to time beside fp32 (bf16: torch-bf16 and "
+        "torch-bf16-decoder, int8: torch-int8 and "
         "onnxruntime-int8)",
     )
     parser.add_argument(
@@ -228,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     from engine.runtime import tune_allocator
 
     tune_allocator()  # as the service does; every backend in this process shares it
-    wanted = [*args.backend, *(PRECISION_BACKENDS[p] for p in args.precision if p != "fp32")]
+    wanted = [
+        *args.backend,
+        *(name for p in args.precision if p != "fp32" for name in PRECISION_BACKENDS[p]),
+    ]
     names = ["torch-eager", *dict.fromkeys(b for b in wanted if b != "torch-eager")]
     print(
         f"torch {torch.__version__}, threads {args.threads}, device {args.device}, "

@@ -163,6 +163,7 @@ def measure(
     prompts_per_kind: int = 8,
     seed: int = 0,
     decoder_precision: str = "fp32",
+    backend: str | None = None,
 ) -> FidelityReport:
     """Build the fp32 and the `precision` backend for `checkpoint` and compare them
     (`decoder_precision` bf16: the candidate's decoder too, PyTorch on a CPU)."""
@@ -170,7 +171,7 @@ def measure(
 
     if precision not in BACKEND_FOR:
         raise ValueError(f"precision must be one of {sorted(BACKEND_FOR)}")
-    backend = BACKEND_FOR[precision]
+    backend = backend or BACKEND_FOR[precision]
     if precision == "fp16" and device == "cpu":
         raise ValueError("fp16 runs on CUDA: pass --device cuda")
     reference = load_model(checkpoint, device=device, backend=backend, precision="fp32")
@@ -180,7 +181,9 @@ def measure(
     candidate = load_model(
         checkpoint, device=device, backend=backend, precision=precision, **options
     )
-    label = precision if not options else f"{precision} (decoder {decoder_precision})"
+    label = (
+        f"{precision} ({backend})" if not options else f"{precision} (decoder {decoder_precision})"
+    )
     return compare_backends(reference, candidate, images, label, prompts_per_kind, seed)
 
 
@@ -203,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("fp32", "bf16"),
         help="bf16: the decoder too (PyTorch on a CPU, with --precision bf16)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime"),
+        help="the backend of both sides (default: the precision's: bf16 torch, int8 "
+        "onnxruntime; int8 torch is the PT2E encoder of engine.torch_int8)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--prompts", type=int, default=8, help="random prompts per kind per image")
     parser.add_argument("--limit", type=int, default=None, help="at most this many images")
@@ -222,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         args.prompts,
         args.seed,
         decoder_precision=args.decoder_precision,
+        backend=args.backend,
     )
     print(report.format())
     return 0

@@ -69,8 +69,11 @@ def check_cpu_precision(precision: str, backend: str, flags: Iterable[str] | Non
         raise ValueError("fp16 runs on a GPU only; on a CPU use bf16 (PyTorch) or int8")
     if precision == "bf16" and backend != "torch":
         raise ValueError("bf16 on a CPU runs in the PyTorch backend (EDGESAM_BACKEND=torch)")
-    if precision == "int8" and backend != "onnxruntime":
-        raise ValueError("int8 runs in the ONNX Runtime backend (EDGESAM_BACKEND=onnxruntime)")
+    if precision == "int8" and backend not in ("onnxruntime", "torch"):
+        raise ValueError(
+            "int8 runs in the ONNX Runtime backend (EDGESAM_BACKEND=onnxruntime) or, with "
+            "torchao installed, in the PyTorch backend (EDGESAM_BACKEND=torch)"
+        )
     if not has_units(precision, flags):
         units = BF16_UNITS if precision == "bf16" else INT8_UNITS
         raise ValueError(
@@ -79,7 +82,8 @@ def check_cpu_precision(precision: str, backend: str, flags: Iterable[str] | Non
 
 
 def cpu_backend_for(precision: str) -> str | None:
-    """The CPU backend that runs `precision` (None: any)."""
+    """The CPU backend `auto` runs `precision` in (None: any). int8 also runs in PyTorch
+    (engine.torch_int8), by explicit choice: it compiles for about a minute at each start."""
     return {"bf16": "torch", "int8": "onnxruntime"}.get(precision)
 
 

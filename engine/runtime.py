@@ -13,6 +13,7 @@ TensorRT keep their activations in their own arenas, so for them nothing pays fo
 large blocks: `mmap_threshold_for` gives them a 1 MiB threshold, which returns those blocks
 to the system on free (docs/reliability.md, "30-minute soak").
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -67,5 +68,7 @@ def tune_allocator(mmap_threshold: int = MMAP_THRESHOLD) -> bool:
         if env not in os.environ
     )
     _tuned = mmap_threshold if ok else None
-    log.debug("malloc tuning %s (mmap threshold %d)", "applied" if ok else "refused", mmap_threshold)
+    log.debug(
+        "malloc tuning %s (mmap threshold %d)", "applied" if ok else "refused", mmap_threshold
+    )
     return ok

@@ -1,4 +1,5 @@
 """Prometheus metrics, one registry per service instance (several may share a process)."""
+
 from __future__ import annotations
 
 import ctypes

@@ -29,6 +29,7 @@ LOW_RES_SIZE = 256
 # bound the decoder's transient memory whatever the number of objects in a request.
 CPU_DECODE_CHUNK = 4
 
+
 class BackendError(RuntimeError):
     """A backend cannot be created or cannot run (missing runtime, bad model file, device)."""
 

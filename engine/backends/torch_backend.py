@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from engine.backends.base import (
@@ -22,8 +23,6 @@ from engine.modeling.mask_decoder import mask_slice
 from engine.transforms import normalize_pixels
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# Prompts decoded together on a CPU: the fastest group size for everything mode
-# (docs/performance.md, "CPU").
 # Inductor options for `compile=True` (torch.compile(options=...)). The defaults ({}):
 # freezing, conv_1x1_as_mm, CUDA graphs and max-autotune were no faster (bench/gpu_compile.py;
 # figures in docs/performance.md, "GPU").
@@ -46,9 +45,12 @@ class TorchBackend(Backend):
         triton_mixer: bool = False,
         compile_warmup_batch: int | None = None,
         decoder_precision: str = "fp32",
+        calibration_images: Sequence[np.ndarray] | None = None,
     ) -> None:
-        if precision not in DTYPES:
-            raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
+        if precision not in (*DTYPES, "int8"):
+            raise ValueError(
+                f"precision must be one of {sorted((*DTYPES, 'int8'))}, got {precision!r}"
+            )
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailable("CUDA was asked for but torch sees no CUDA device")
@@ -56,9 +58,14 @@ class TorchBackend(Backend):
             raise ValueError("the CPU path runs fp32 or bf16 (fp16 has no fast CPU kernels)")
         if num_threads:
             torch.set_num_threads(num_threads)
+        if precision == "int8" and (dev.type != "cpu" or compile or triton_mixer or not optimize):
+            raise ValueError(
+                "int8 in the PyTorch backend is the CPU's compiled PT2E encoder "
+                "(engine.torch_int8): no compile/triton_mixer options, optimize=True"
+            )
         self.model = model.eval().to(dev)
         self.device = dev
-        self.dtype = DTYPES[precision]
+        self.dtype = DTYPES.get(precision, torch.float32)
         self.optimize = optimize
         # bf16 on a CPU: autocast over fp32 weights. As fast as a bf16 copy of the model
         # (oneDNN reorders the weights once and caches them) and slightly closer to fp32, as
@@ -80,6 +87,8 @@ class TorchBackend(Backend):
         fp = fingerprint or weights_fingerprint(
             model, model.image_encoder.fuse_stage3.upsample_mode
         )
+        if precision == "int8" and fingerprint is None:
+            fp += "-int8pt2e"  # quantised numbers never share cache entries with fp32 ones
         self.info = BackendInfo(
             name="torch",
             device=str(dev),
@@ -98,6 +107,16 @@ class TorchBackend(Backend):
             )
         if self._decoder_dtype is not None:
             self.info.details["decoder_precision"] = decoder_precision
+        self._int8: torch.nn.Module | None = None
+        if precision == "int8":
+            from engine import torch_int8
+
+            self._int8 = torch_int8.quantize_encoder(self._encoder, calibration_images)
+            self.info.details["int8"] = (
+                "torchao PT2E, x86 inductor quantiser, "
+                f"{len(calibration_images) if calibration_images is not None else 'synthetic'}"
+                " calibration images"
+            )
         self._compiled = None
         self._compile_warmup_batch = min(compile_warmup_batch or 32, 32)
         if compile:
@@ -163,6 +182,10 @@ class TorchBackend(Backend):
             # Half precision crosses the bus both ways: half the bytes of fp32, and the copies,
             # not the network, bound a batch of 32 (bench/gpu_compile.py, host-to-host rows).
             images = images.to(self.dtype)
+        if self._int8 is not None:
+            # compiled for one contiguous 1x3x1024x1024 image: a batch runs image by image
+            x = images.to(torch.float32).contiguous()
+            return torch.cat([self._int8(x[i : i + 1]) for i in range(x.shape[0])]).float()
         x = images.to(self.device, torch.float32 if self._cpu_autocast else self.dtype)
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

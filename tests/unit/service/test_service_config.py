@@ -170,3 +170,30 @@ def test_cpu_precisions_resolve_to_the_backend_that_runs_them(
     assert Settings(precision="auto").runtime_precision() == ("torch", "cuda", "fp32")
     with pytest.raises(ValueError, match="int8 runs on the CPU"):
         Settings(precision="int8").runtime()
+
+
+def test_bf16_decoder_is_the_cpus_pytorch_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EDGESAM_DECODER_PRECISION=bf16 moves `auto` to PyTorch (the only backend that runs
+    it), reaches the backend as its option, and is refused elsewhere: with another backend, on
+    a GPU, or on a CPU without the units."""
+    import torch
+
+    import engine.precision
+    from service.backend import backend_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(engine.precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    settings = Settings(decoder_precision="bf16")
+    assert settings.runtime_precision() == ("torch", "cpu", "fp32")
+    args = backend_args(settings, None)
+    assert args.backend == "torch" and args.options["decoder_precision"] == "bf16"
+    assert "decoder_precision" not in backend_args(Settings(backend="torch"), None).options
+    with pytest.raises(ValueError, match="EDGESAM_DECODER_PRECISION=bf16"):
+        Settings(decoder_precision="bf16", backend="onnxruntime")
+    with pytest.raises(ValueError, match="EDGESAM_DECODER_PRECISION=bf16"):
+        Settings(decoder_precision="bf16", device="cuda")
+    with pytest.raises(ValueError, match="decoder_precision"):
+        Settings(decoder_precision="fp16")
+    monkeypatch.setattr(engine.precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    with pytest.raises(ValueError, match="EDGESAM_DECODER_PRECISION=bf16: .*slower than fp32"):
+        backend_args(Settings(decoder_precision="bf16"), None)
