@@ -156,6 +156,9 @@ class SegmentationService:
             backend = self.backend
             # a decoder-only replica never encodes: warming the encoder would only cost memory
             await to_thread(backend.warmup, self.settings.role != "decoder")
+            if self.settings.role != "decoder":
+                batch = self.settings.encode_batch(backend.info.device)
+                await to_thread(backend.warmup_batch, min(batch, backend.info.max_batch))
             health = await to_thread(backend.health)
             if not health.ok:
                 raise BackendError(f"warm-up health check failed: {health.error}")

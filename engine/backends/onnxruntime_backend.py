@@ -198,6 +198,7 @@ class OnnxRuntimeBackend(Backend):
         max_batch: int = 32,
         fingerprint: str | None = None,
         split_decoder: bool = True,
+        memory_pattern: bool | None = None,
     ) -> None:
         ort = _import_ort()
         self._torch_decoder: Backend | None = None
@@ -223,6 +224,12 @@ class OnnxRuntimeBackend(Backend):
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[graph_optimization_level]
+        # ORT plans a memory pattern per input shape on its second run and keeps it in its
+        # arena for good: on a CPU the encoder's batch-2 pattern alone held 265 MB for no
+        # measurable speed (bench in docs/reliability.md, "30-minute soak"). Off on CPUs.
+        if memory_pattern is None:
+            memory_pattern = parse_device(device)[0] != "cpu"
+        opts.enable_mem_pattern = bool(memory_pattern)
         # ORT's workers spin after each run by default, taking the cores from whatever runs
         # next in this process (the service's PyTorch decode threads, HTTP, gRPC); measured
         # with bench/encoder.py, that doubled the latency of the next PyTorch call.

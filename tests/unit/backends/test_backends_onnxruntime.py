@@ -78,6 +78,48 @@ def test_ours_decode_with_per_prompt_embeddings(ort_ours, ours_embedding) -> Non
     assert torch.allclose(shared, per, atol=1e-5)
 
 
+def test_cpu_decodes_many_prompts_in_bounded_chunks(ort_ours, ours_embedding) -> None:
+    """More prompts than CPU_DECODE_CHUNK are decoded a chunk at a time (bounded transient
+    memory, no new arena high-water mark per batch size) with the answers of single calls."""
+    from engine.backends.base import CPU_DECODE_CHUNK
+
+    n = 2 * CPU_DECODE_CHUNK + 1
+    gen = torch.Generator().manual_seed(3)
+    coords = torch.rand((n, 2, 2), generator=gen) * 1000
+    labels = torch.tensor([[1, 0]] * n)
+    masks = torch.randn((n, 1, 256, 256), generator=gen)
+    calls: list[int] = []
+    run = ort_ours._decode
+
+    def counting(emb, c, *rest):  # noqa: ANN001, ANN002, ANN202
+        calls.append(c.shape[0])
+        return run(emb, c, *rest)
+
+    ort_ours._decode = counting
+    try:
+        for mask in (None, masks):
+            calls.clear()
+            logits, iou = ort_ours.decode(ours_embedding, coords, labels, mask, 3)
+            assert calls == [CPU_DECODE_CHUNK, CPU_DECODE_CHUNK, 1]
+            assert logits.shape == (n, 3, 256, 256) and iou.shape == (n, 3)
+            for i in (0, n - 1):
+                one, one_iou = run(
+                    ours_embedding, coords[i : i + 1], labels[i : i + 1],
+                    None if mask is None else mask[i : i + 1], 3,
+                )  # fmt: skip
+                assert torch.allclose(logits[i], one[0], atol=1e-4)
+                assert torch.allclose(iou[i], one_iou[0], atol=1e-5)
+    finally:
+        ort_ours._decode = run
+
+
+def test_cpu_sessions_plan_no_memory_pattern(ort_ours) -> None:
+    """A memory pattern per input shape stays in the arena for good (265 MB for the
+    encoder's batch 2 on case A) for no measured speed: off on a CPU."""
+    assert not ort_ours._enc.get_session_options().enable_mem_pattern
+    assert not ort_ours._dec.get_session_options().enable_mem_pattern
+
+
 def test_ours_info(ort_ours, case_a_model) -> None:
     from engine.export import model_fingerprint
 

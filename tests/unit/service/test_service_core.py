@@ -1,7 +1,10 @@
+from __future__ import annotations
+
 import asyncio
 
 import numpy as np
 import pytest
+import torch
 
 from service.config import Settings
 from service.core import BoundedExecutor, SegmentationService, validate_prompts
@@ -71,6 +74,34 @@ def test_bounded_executor_refuses_when_full() -> None:
     asyncio.run(run())
 
 
+def test_start_up_warms_the_largest_encoder_batch() -> None:
+    """The encoder runs once at the configured batch size during start-up, so a runtime's
+    per-shape memory shows in the idle RSS rather than mid-load; a decoder replica never
+    encodes."""
+
+    class Recording(FakeBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches: list[int] = []
+
+        def encode(self, images: torch.Tensor) -> torch.Tensor:
+            self.batches.append(images.shape[0])
+            return super().encode(images)
+
+    async def run(settings: Settings) -> list[int]:
+        backend = Recording()
+        svc = SegmentationService(settings, backend=backend, random_weights=False)
+        await svc.start()
+        await svc.close()
+        return backend.batches
+
+    assert asyncio.run(run(Settings(grpc_port=0, device="cpu"))) == [1, 2]
+    assert asyncio.run(run(Settings(grpc_port=0, device="cpu", encode_max_batch=6))) == [1, 6]
+    assert asyncio.run(run(Settings(grpc_port=0, device="cpu", encode_max_batch=1))) == [1]
+    decoder = Settings(grpc_port=0, device="cpu", role="decoder", encoder_grpc_target="e:1")
+    assert asyncio.run(run(decoder)) == []
+
+
 def test_concurrent_embeds_of_one_image_run_the_encoder_once() -> None:
     async def run() -> None:
         backend = FakeBackend(encode_delay_s=0.3)
@@ -121,11 +152,12 @@ def test_only_replicas_that_encode_warm_the_encoder(role: str) -> None:
     async def run() -> None:
         backend = FakeBackend()
         svc = SegmentationService(
-            Settings(grpc_port=0, role=role), backend=backend, random_weights=False
+            Settings(grpc_port=0, role=role, device="cpu"), backend=backend, random_weights=False
         )
         await svc.start()
         assert svc.ready
-        assert backend.encode_calls == (0 if role == "decoder" else 1)
+        # one image, then one batch of the CPU's default size (2)
+        assert backend.encode_calls == (0 if role == "decoder" else 2)
         await svc.close()
 
     asyncio.run(run())
