@@ -58,11 +58,14 @@ def calibration_batches(images: Sequence[np.ndarray]) -> list[torch.Tensor]:
 
 
 def quantize_encoder(
-    encoder: torch.nn.Module, images: Sequence[np.ndarray] | None = None
+    encoder: torch.nn.Module,
+    images: Sequence[np.ndarray] | None = None,
+    mixed_bf16: bool = False,
 ) -> torch.nn.Module:
     """A compiled int8 copy of a (re-parameterised, fp32) encoder, calibrated on `images`
-    (default: the synthetic calibration set). Call it under `torch.no_grad()` with one
-    1x3x1024x1024 image at a time."""
+    (default: the synthetic calibration set), for one 1x3x1024x1024 image per call.
+    mixed_bf16: what stays float (activations between quantised convs, GELU, the neck's
+    upsampling) runs in bf16 under autocast (for CPUs with AVX-512 BF16 or AMX)."""
     prepare_pt2e, convert_pt2e, quantizer_cls, xiq = _import_pt2e()
     if images is None:
         from engine.quantize import synthetic_images
@@ -80,7 +83,7 @@ def quantize_encoder(
             prepared(x)
         quantized = convert_pt2e(prepared)
     log.info("int8 encoder calibrated on %d images", len(batches))
-    return _FrozenInt8(torch.compile(quantized, dynamic=False))
+    return _FrozenInt8(torch.compile(quantized, dynamic=False), mixed_bf16)
 
 
 class _FrozenInt8(torch.nn.Module):
@@ -88,12 +91,16 @@ class _FrozenInt8(torch.nn.Module):
     weights and prepacks them for oneDNN: the int8 speed) and autograd off, whatever mode
     the caller is in: compilation happens at the first call, and again on a guard miss."""
 
-    def __init__(self, compiled: torch.nn.Module) -> None:
+    def __init__(self, compiled: torch.nn.Module, mixed_bf16: bool = False) -> None:
         super().__init__()
         self.compiled = compiled
+        self.mixed_bf16 = mixed_bf16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch._inductor.config as inductor_config
 
-        with torch.inference_mode(False), torch.no_grad(), inductor_config.patch(freezing=True):
-            return self.compiled(x.clone() if x.is_inference() else x)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.mixed_bf16)
+        with torch.inference_mode(False), torch.no_grad():
+            with inductor_config.patch(freezing=True), autocast:
+                out = self.compiled(x.clone() if x.is_inference() else x)
+        return out.float()

@@ -20,7 +20,7 @@ import torch
 from engine.backends.base import BackendError
 from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
 from engine.backends.torch_backend import TorchBackend
-from engine.fidelity import compare_backends, mask_iou
+from engine.fidelity import FidelityReport, compare_backends, mask_iou
 from engine.modeling import EdgeSam
 from engine.quantize import onnx_precision, synthetic_images, write_int8_pair
 
@@ -48,6 +48,16 @@ TORCH_INT8_MEAN_IOU = 0.55
 TORCH_INT8_WORST_IOU = 0.50
 
 
+def assert_within(report: FidelityReport, rel: float, mean: float, worst: float) -> None:
+    """Embedding relative error in (0, rel) (0 would mean the reduced path did not run) and
+    every prompt kind's mean and worst mask IoU at least `mean` and `worst`."""
+    print(report.format())
+    assert 0 < report.embedding_rel_error < rel
+    for (kind, masks), stats in report.ious.items():
+        assert stats.mean >= mean, (kind, masks, stats.mean)
+        assert stats.worst >= worst, (kind, masks, stats.worst)
+
+
 @pytest.fixture(scope="module")
 def image(golden: dict[str, np.ndarray]) -> np.ndarray:
     return golden["image"]
@@ -64,11 +74,8 @@ def test_bf16_on_the_cpu_stays_within_its_measured_tolerances(
     bf16 = TorchBackend(case_a_model, precision="bf16")
     assert bf16.info.precision == "bf16"
     report = compare_backends(torch_fp32, bf16, [image], "bf16", PROMPTS_PER_KIND)
-    print(report.format())
-    assert 0 < report.embedding_rel_error < BF16_EMBED_REL  # > 0: bf16 really ran
-    for (kind, masks), stats in report.ious.items():
-        assert stats.mean >= BF16_MEAN_IOU, (kind, masks, stats.mean)
-        assert stats.worst >= BF16_WORST_IOU, (kind, masks, stats.worst)
+    # > 0: bf16 really ran
+    assert_within(report, BF16_EMBED_REL, BF16_MEAN_IOU, BF16_WORST_IOU)
 
 
 def test_bf16_decoder_stays_within_its_measured_tolerances(
@@ -77,10 +84,7 @@ def test_bf16_decoder_stays_within_its_measured_tolerances(
     both = TorchBackend(case_a_model, precision="bf16", decoder_precision="bf16")
     assert both.info.details["decoder_precision"] == "bf16"
     report = compare_backends(torch_fp32, both, [image], "bf16+dec", PROMPTS_PER_KIND)
-    print(report.format())
-    for (kind, masks), stats in report.ious.items():
-        assert stats.mean >= BF16_DEC_MEAN_IOU, (kind, masks, stats.mean)
-        assert stats.worst >= BF16_DEC_WORST_IOU, (kind, masks, stats.worst)
+    assert_within(report, BF16_EMBED_REL, BF16_DEC_MEAN_IOU, BF16_DEC_WORST_IOU)
     # the decoder really ran in bf16: its logits differ from the fp32 decoder's on the same
     # embedding, and come back as float32
     emb = torch_fp32.encode(torch.zeros((1, 3, 1024, 1024)))
@@ -136,11 +140,7 @@ def test_int8_on_onnx_runtime_stays_within_its_measured_tolerances(
     assert int8.fingerprint == f"{fp32.fingerprint}-int8"
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(enc)).graph.node}
     report = compare_backends(fp32, int8, [image], "int8", PROMPTS_PER_KIND)
-    print(report.format())
-    assert 0 < report.embedding_rel_error < INT8_EMBED_REL
-    for (kind, masks), stats in report.ious.items():
-        assert stats.mean >= INT8_MEAN_IOU, (kind, masks, stats.mean)
-        assert stats.worst >= INT8_WORST_IOU, (kind, masks, stats.worst)
+    assert_within(report, INT8_EMBED_REL, INT8_MEAN_IOU, INT8_WORST_IOU)
 
 
 def test_int8_in_pytorch_stays_within_its_measured_tolerances(
@@ -154,11 +154,7 @@ def test_int8_in_pytorch_stays_within_its_measured_tolerances(
     assert int8.info.precision == "int8" and "PT2E" in int8.info.details["int8"]
     assert int8.fingerprint == f"{torch_fp32.fingerprint}-int8pt2e"
     report = compare_backends(torch_fp32, int8, [image], "int8 torch", PROMPTS_PER_KIND)
-    print(report.format())
-    assert 0 < report.embedding_rel_error < TORCH_INT8_EMBED_REL
-    for (kind, masks), stats in report.ious.items():
-        assert stats.mean >= TORCH_INT8_MEAN_IOU, (kind, masks, stats.mean)
-        assert stats.worst >= TORCH_INT8_WORST_IOU, (kind, masks, stats.worst)
+    assert_within(report, TORCH_INT8_EMBED_REL, TORCH_INT8_MEAN_IOU, TORCH_INT8_WORST_IOU)
     batch = int8.encode(torch.zeros((2, 3, 1024, 1024)))  # a batch runs image by image
     assert batch.shape == (2, 256, 64, 64) and torch.equal(batch[0], batch[1])
     with pytest.raises(ValueError, match="CPU's compiled PT2E"):
