@@ -52,8 +52,11 @@ def test_explicit_cpu_precisions_are_checked() -> None:
         check_cpu_precision("int8", "onnxruntime", AVX2_ONLY)
     with pytest.raises(ValueError, match="PyTorch backend"):
         check_cpu_precision("bf16", "onnxruntime", ZEN4)
-    with pytest.raises(ValueError, match="ONNX Runtime backend"):
-        check_cpu_precision("int8", "torch", ZEN4)
+    check_cpu_precision("int8", "torch", ZEN4)  # PT2E (engine.torch_int8)
+    with pytest.raises(ValueError, match="ONNX Runtime backend .* PyTorch backend"):
+        check_cpu_precision("int8", "tensorrt", ZEN4)
+    with pytest.raises(ValueError, match="slower than fp32.*avx512_vnni"):
+        check_cpu_precision("int8", "torch", AVX2_ONLY)
     with pytest.raises(ValueError, match="GPU only"):
         check_cpu_precision("fp16", "torch", ZEN4)
 
