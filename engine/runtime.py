@@ -11,9 +11,7 @@ The price is memory: megabyte blocks that live in the heap fragment it as they c
 soak saw RSS creep up by 10-20% over half an hour with live memory flat. ONNX Runtime and
 TensorRT keep their activations in their own arenas, so for them nothing pays for the heap's
 large blocks: `mmap_threshold_for` gives them a 1 MiB threshold, which returns those blocks
-to the system on free (docs/reliability.md, "30-minute soak"); and the service gives the
-heap's remaining free pages back once a minute (`trim_heap`), so that what churns below that
-threshold does not pile up either.
+to the system on free (docs/reliability.md, "30-minute soak").
 """
 
 from __future__ import annotations
@@ -43,28 +41,6 @@ def mmap_threshold_for(backend: str | None) -> int:
     """The mmap threshold for the backend that computes in this process (None: unknown,
     PyTorch's)."""
     return ARENA_BACKEND_MMAP_THRESHOLD if backend in ARENA_BACKENDS else MMAP_THRESHOLD
-
-
-def trims_heap(backend: str | None) -> bool:
-    """Whether a process serving `backend` should give free heap pages back now and then
-    (`trim_heap`): yes where activations live in the runtime's arena, so nothing the next
-    request needs is in those pages; not for PyTorch, whose encoder would page-fault its
-    activations in again."""
-    return backend in ARENA_BACKENDS
-
-
-def trim_heap() -> bool:
-    """glibc's malloc_trim(0): the heap's free pages (at its top and inside it) go back to
-    the system. A few milliseconds; what is allocated is untouched. False off glibc."""
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        return False
-    if trim is None:
-        return False
-    trim(0)
-    return True
 
 
 def tune_allocator(mmap_threshold: int = MMAP_THRESHOLD) -> bool:

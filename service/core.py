@@ -33,7 +33,6 @@ from engine.core import (
     with_prior_box,
 )
 from engine.priors import load_priors
-from engine.runtime import trim_heap, trims_heap
 from service import codecs, tenancy
 from service.backend import load_backend
 from service.cache import TensorCache
@@ -81,9 +80,6 @@ from service.schemas import (
 from service.url_fetch import fetch_image
 
 log = logging.getLogger(__name__)
-# How often a replica whose runtime keeps activations in its own arena gives free heap pages
-# back (engine.runtime.trim_heap): a few milliseconds a minute.
-HEAP_TRIM_SECONDS = 60.0
 
 
 class _Abandoned(Exception):
@@ -117,7 +113,6 @@ class SegmentationService:
         self.state = "loading"  # loading -> ready | failed; draining after begin_drain()
         self.failure: str | None = None
         self._draining = False
-        self._trimmer: asyncio.Task[None] | None = None
         self._inflight: dict[str, asyncio.Future[ImageEmbedding]] = {}
         self._decoder_exports: DecoderExports | None = None
         self._decode = BoundedExecutor(
@@ -203,8 +198,6 @@ class SegmentationService:
             )
             raise
         self.state = "ready"
-        if trims_heap(self.backend.info.name) and self._trimmer is None:
-            self._trimmer = asyncio.create_task(self._trim_heap_every(HEAP_TRIM_SECONDS))
         self.metrics.ready.set(0 if self._draining else 1)
         info = self.backend.info
         self.metrics.backend_info.labels(info.name, info.device, info.precision).set(1)
@@ -232,17 +225,7 @@ class SegmentationService:
     def ready(self) -> bool:
         return self.state == "ready" and not self._draining
 
-    async def _trim_heap_every(self, seconds: float) -> None:
-        """Free heap pages back to the system now and then (engine.runtime.trim_heap): RSS
-        then follows live memory instead of the allocator's high-water mark."""
-        while True:
-            await asyncio.sleep(seconds)
-            await to_thread(trim_heap)
-
     async def close(self) -> None:
-        if self._trimmer is not None:
-            self._trimmer.cancel()
-            self._trimmer = None
         if self.encoder is not None:
             await self.encoder.close()
         if self.forwarder is not None:

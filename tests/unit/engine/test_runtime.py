@@ -65,36 +65,3 @@ def test_threshold_moves_embedding_sized_blocks() -> None:
         pytest.skip("glibc < 2.33 has no mallinfo2")
     assert _mapped_growth(ARENA_BACKEND_MMAP_THRESHOLD) >= 4 * 2**20  # its own mapping
     assert _mapped_growth(MMAP_THRESHOLD) == 0  # in the heap
-
-
-_TRIM_PROBE = """
-import numpy as np
-from engine.runtime import tune_allocator, trim_heap
-def rss_mb():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
-tune_allocator()  # 32 MiB threshold: 256 KiB blocks live in the heap
-blocks = [np.ones(256 * 1024, np.uint8) for _ in range(800)]  # 200 MiB, touched
-keep = blocks[-1]
-del blocks  # free, but held: below the trim threshold and pinned by `keep` at the top
-before = rss_mb()
-assert trim_heap()
-print(before, rss_mb())
-"""
-
-
-@glibc
-def test_trim_heap_gives_free_pages_back() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    out = subprocess.run(
-        [sys.executable, "-c", _TRIM_PROBE],
-        capture_output=True, text=True, check=True, env=env, cwd=REPO, timeout=120,
-    )  # fmt: skip
-    before, after = map(float, out.stdout.split())
-    assert before - after > 150, (before, after)
-
-
-def test_only_arena_backends_trim() -> None:
-    from engine.runtime import trims_heap
-
-    assert trims_heap("onnxruntime") and trims_heap("tensorrt")
-    assert not trims_heap("torch") and not trims_heap(None)

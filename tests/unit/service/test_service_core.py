@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import numpy as np
 import pytest
@@ -249,30 +248,3 @@ def test_knobs_are_translated_for_the_backend_actually_chosen(tmp_path) -> None:
         {"intra_op_num_threads": 2},
         False,
     )
-
-
-def test_arena_backends_trim_the_heap_while_serving(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Replicas whose runtime keeps activations in its arena give free heap pages back
-    every HEAP_TRIM_SECONDS until closed; PyTorch's never do (its encoder would page-fault
-    them in again)."""
-    import service.core
-
-    calls: list[float] = []
-    monkeypatch.setattr(service.core, "HEAP_TRIM_SECONDS", 0.05)
-    monkeypatch.setattr(service.core, "trim_heap", lambda: calls.append(1) or True)
-
-    async def run(name: str) -> int:
-        backend = FakeBackend()
-        backend.info = dataclasses.replace(backend.info, name=name)
-        svc = SegmentationService(Settings(grpc_port=0), backend=backend, random_weights=False)
-        await svc.start()
-        await asyncio.sleep(0.3)
-        await svc.close()
-        done = len(calls)
-        await asyncio.sleep(0.15)
-        assert len(calls) == done  # stopped with the service
-        calls.clear()
-        return done
-
-    assert asyncio.run(run("onnxruntime")) >= 2
-    assert asyncio.run(run("torch")) == 0
